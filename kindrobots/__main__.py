@@ -1,0 +1,3 @@
+from kindrobots.cli import main
+
+raise SystemExit(main())

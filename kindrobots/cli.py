@@ -1,0 +1,82 @@
+"""The ``kindrobots`` command: serve, migrate, schema, keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from kindrobots.config import ConfigError, Settings, format_keys, generate_key, load_settings
+
+
+def _migrate(settings: Settings) -> None:
+    from kindrobots.db.engine import create_engine
+    from kindrobots.db.migrate import upgrade
+
+    async def run() -> None:
+        engine = create_engine(settings)
+        try:
+            await upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
+def _serve(settings: Settings) -> None:
+    from kindrobots.server import run
+
+    if settings.is_sqlite:
+        # The embedded default needs no separate step: it creates and migrates its own file.
+        _migrate(settings)
+    run(settings)
+
+
+def _schema() -> None:
+    from kindrobots.schema import build_schema
+
+    sys.stdout.write(build_schema().as_str() + "\n")
+
+
+def _keys_generate() -> None:
+    sys.stdout.write(f"KR_ENCRYPTION_KEYS={format_keys((generate_key('enc'),))}\n")
+    sys.stdout.write(f"KR_SIGNING_KEYS={format_keys((generate_key('sig'),))}\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="kindrobots", description="Kind Robots platform server.")
+    commands = root.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the HTTP and WebSocket server")
+    commands.add_parser("migrate", help="bring the database schema up to date")
+    commands.add_parser("schema", help="print the GraphQL schema (SDL)")
+    keys = commands.add_parser("keys", help="key management")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    key_commands.add_parser("generate", help="print fresh KR_ENCRYPTION_KEYS and KR_SIGNING_KEYS")
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "schema":
+        _schema()
+        return 0
+    if args.command == "keys":
+        _keys_generate()
+        return 0
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        sys.stderr.write(f"kindrobots: {exc}\n")
+        return 2
+    from kindrobots.logs import configure_logging
+
+    configure_logging(settings)
+    if args.command == "migrate":
+        _migrate(settings)
+    else:
+        _serve(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,262 @@
+"""Settings: one frozen object read from ``KR_*`` environment variables (and ``.env``).
+
+Every value is validated at start-up; :func:`load_settings` turns validation
+failures into one message per bad variable that never repeats the value, because
+several of these variables are secrets.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+KEY_BYTES = 32
+DEV_KEYS_FILE = "keys.env"
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names the variables, never values."""
+
+
+@dataclass(frozen=True, repr=False)
+class Key:
+    """One named 256-bit key from a ``kid:base64`` list."""
+
+    kid: str
+    material: bytes
+
+    def __repr__(self) -> str:
+        return f"Key(kid={self.kid!r})"
+
+
+def parse_keys(value: str) -> tuple[Key, ...]:
+    """Parse ``kid:base64,kid:base64``; the first key is the active one."""
+    keys: list[Key] = []
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        kid, sep, encoded = item.partition(":")
+        if not sep or not kid or not encoded:
+            raise ValueError("each key must look like kid:base64")
+        try:
+            material = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            try:
+                material = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+            except (binascii.Error, ValueError):
+                raise ValueError(f"key {kid!r} is not valid base64") from None
+        if len(material) != KEY_BYTES:
+            raise ValueError(f"key {kid!r} must decode to {KEY_BYTES} bytes")
+        if any(existing.kid == kid for existing in keys):
+            raise ValueError(f"key id {kid!r} appears twice")
+        keys.append(Key(kid, material))
+    if not keys:
+        raise ValueError("at least one key is required")
+    return tuple(keys)
+
+
+def format_keys(keys: tuple[Key, ...]) -> str:
+    return ",".join(f"{k.kid}:{base64.b64encode(k.material).decode()}" for k in keys)
+
+
+def generate_key(prefix: str) -> Key:
+    return Key(f"{prefix}-{secrets.token_hex(4)}", secrets.token_bytes(KEY_BYTES))
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="KR_",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,
+    )
+
+    env: Literal["development", "production"] = "development"
+    data_dir: Path = Path(".kindrobots")
+    database_url: str = ""
+    redis_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    public_url: str = "http://localhost:8000"
+    encryption_keys: Annotated[tuple[Key, ...], NoDecode] = ()
+    signing_keys: Annotated[tuple[Key, ...], NoDecode] = ()
+    dashboard_origins: CommaList = ("http://localhost:3000",)
+    trusted_proxies: Annotated[
+        tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...], NoDecode
+    ] = ()
+    outbound_allow: CommaList = ()
+    stripe_secret_key: str | None = None
+    stripe_webhook_secret: str | None = None
+    stripe_api_base: str | None = None
+    stripe_price_starter: str | None = None
+    stripe_price_professional: str | None = None
+    stripe_price_enterprise: str | None = None
+
+    access_token_ttl: int = Field(default=600, ge=30, le=86400)
+    refresh_token_ttl: int = Field(default=30 * 86400, ge=300)
+    invitation_ttl: int = Field(default=7 * 86400, ge=300)
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_max_overflow: int = Field(default=10, ge=0, le=200)
+    db_pool_timeout: float = Field(default=10.0, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text", ""] = ""
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    shutdown_timeout: float = Field(default=10.0, ge=0)
+
+    @field_validator("encryption_keys", "signing_keys", mode="before")
+    @classmethod
+    def _keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return parse_keys(value) if value.strip() else ()
+        return value
+
+    @field_validator("dashboard_origins", "outbound_allow", mode="before")
+    @classmethod
+    def _lists(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies(cls, value: object) -> object:
+        items = _split_commas(value)
+        if isinstance(items, list):
+            try:
+                return tuple(ipaddress.ip_network(item, strict=False) for item in items)
+            except ValueError:
+                raise ValueError("each entry must be an IP address or CIDR network") from None
+        return items
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("dashboard_origins")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in value:
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.path:
+                raise ValueError("each origin must be scheme://host[:port] without a path")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        if value and not value.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+            raise ValueError("must start with postgresql+asyncpg:// or sqlite+aiosqlite://")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value or None
+
+    @model_validator(mode="after")
+    def _production(self) -> Settings:
+        if self.env != "production":
+            return self
+        problems = []
+        if not self.encryption_keys:
+            problems.append("KR_ENCRYPTION_KEYS must be set in production")
+        if not self.signing_keys:
+            problems.append("KR_SIGNING_KEYS must be set in production")
+        if not self.database_url.startswith("postgresql+asyncpg://"):
+            problems.append("KR_DATABASE_URL must be a PostgreSQL URL in production")
+        if not self.public_url.startswith("https://"):
+            problems.append("KR_PUBLIC_URL must be https in production")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def json_logs(self) -> bool:
+        return self.log_format == "json" or (self.log_format == "" and self.is_production)
+
+    @property
+    def secure_cookies(self) -> bool:
+        """Browsers refuse Secure cookies on plain http, so only local development drops it."""
+        local = urlsplit(self.public_url).hostname in ("localhost", "127.0.0.1")
+        return self.is_production or not (self.public_url.startswith("http://") and local)
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    return f"KR_{str(loc[0]).upper()}" if loc else "settings"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate settings; fill development keys and the SQLite default."""
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_input=False, include_url=False):
+            message = str(error["msg"]).removeprefix("Value error, ")
+            lines.append(f"{_env_name(error['loc'])}: {message}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+    update: dict[str, object] = {}
+    if not settings.database_url:
+        update["database_url"] = f"sqlite+aiosqlite:///{settings.data_dir / 'kindrobots.db'}"
+    if not settings.encryption_keys or not settings.signing_keys:
+        stored = _development_keys(settings.data_dir)
+        if not settings.encryption_keys:
+            update["encryption_keys"] = stored["encryption_keys"]
+        if not settings.signing_keys:
+            update["signing_keys"] = stored["signing_keys"]
+    return settings.model_copy(update=update) if update else settings
+
+
+def _development_keys(data_dir: Path) -> dict[str, tuple[Key, ...]]:
+    """Keys for the embedded default, generated once and kept beside the database."""
+    path = data_dir / DEV_KEYS_FILE
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        content = (
+            f"KR_ENCRYPTION_KEYS={format_keys((generate_key('enc'),))}\n"
+            f"KR_SIGNING_KEYS={format_keys((generate_key('sig'),))}\n"
+        )
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(content)
+    values = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    try:
+        return {
+            "encryption_keys": parse_keys(values["KR_ENCRYPTION_KEYS"]),
+            "signing_keys": parse_keys(values["KR_SIGNING_KEYS"]),
+        }
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"{path} is damaged; delete it to generate new keys") from exc

@@ -1,0 +1,113 @@
+"""What a resolver sees: the process's services and the caller of one request or operation."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from kindrobots.auth.roles import Role
+from kindrobots.auth.tokens import TokenSigner
+from kindrobots.config import Settings
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from kindrobots.db.models import User
+
+AuthSource = Literal["bearer", "cookie", "connection"]
+
+
+@dataclass
+class Services:
+    """Built once per process by the app factory."""
+
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    signer: TokenSigner
+    redis: Redis | None = None
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A short session for reads. Sibling resolvers run concurrently, so none is shared."""
+        async with self.sessionmaker() as session:
+            yield session
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncSession]:
+        """One transaction: the change and its audit event commit together or not at all."""
+        async with self.sessionmaker() as session, session.begin():
+            yield session
+
+
+@dataclass
+class Viewer:
+    user: User
+    session_id: uuid.UUID
+    roles: dict[uuid.UUID, Role]
+
+
+@dataclass
+class Cookie:
+    name: str
+    value: str
+    max_age: int
+    same_site: Literal["Lax", "Strict"]
+    path: str = "/"
+
+
+@dataclass
+class RequestContext:
+    services: Services
+    ip: str | None
+    user_agent: str | None
+    access_token: str | None = None
+    refresh_cookie: str | None = None
+    auth_source: AuthSource | None = None
+    connection_params: dict[str, Any] | None = None
+    # Set by the transport: HTTP writes Set-Cookie headers, a WebSocket cannot and ignores them.
+    cookie_sink: Callable[[list[Cookie]], None] | None = None
+    # Per-operation caches, filled by kindrobots.resolvers (auth.current_viewer, loaders.loaders).
+    viewer_task: asyncio.Task[Viewer | None] | None = None
+    loader_cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def begin_operation(self) -> None:
+        """A WebSocket runs many operations on one context; none may reuse stale state."""
+        self.viewer_task = None
+        self.loader_cache = {}
+
+    def set_session_cookies(self, access: str, refresh: str) -> None:
+        self._send_cookies(
+            [
+                Cookie("kr_access", access, self.settings.access_token_ttl, "Lax"),
+                Cookie(
+                    "kr_refresh", refresh, self.settings.refresh_token_ttl, "Strict", "/graphql"
+                ),
+            ]
+        )
+
+    def clear_session_cookies(self) -> None:
+        self._send_cookies(
+            [Cookie("kr_access", "", 0, "Lax"), Cookie("kr_refresh", "", 0, "Strict", "/graphql")]
+        )
+
+    def _send_cookies(self, cookies: list[Cookie]) -> None:
+        if self.cookie_sink is not None:
+            self.cookie_sink(cookies)
+
+    def refresh_expiry(self) -> timedelta:
+        return timedelta(seconds=self.settings.refresh_token_ttl)

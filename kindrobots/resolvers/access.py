@@ -1,0 +1,76 @@
+"""Who is calling and what they may do: the checks every resolver and permission class share."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from sqlalchemy import Select, and_, select
+
+from kindrobots.auth.roles import Role
+from kindrobots.context import RequestContext, Viewer
+from kindrobots.db.models import AuthSession, Membership, User
+from kindrobots.security.errors import Forbidden, NotFound, Unauthenticated
+
+
+async def _load_viewer(ctx: RequestContext) -> Viewer | None:
+    if not ctx.access_token:
+        return None
+    claims = ctx.services.signer.verify(ctx.access_token)
+    if claims is None:
+        return None
+    # One statement: the user, proof that the session is still live, and every role.
+    statement = (
+        select(User, Membership.organization_id, Membership.role)
+        .join(
+            AuthSession,
+            and_(
+                AuthSession.user_id == User.id,
+                AuthSession.id == claims.session_id,
+                AuthSession.revoked_at.is_(None),
+                AuthSession.expires_at > ctx.now(),
+            ),
+        )
+        .outerjoin(Membership, Membership.user_id == User.id)
+        .where(User.id == claims.user_id)
+    )
+    async with ctx.services.read() as session:
+        rows = (await session.execute(statement)).all()
+    if not rows:
+        return None
+    roles = {org_id: Role(role) for _, org_id, role in rows if org_id is not None}
+    return Viewer(user=rows[0][0], session_id=claims.session_id, roles=roles)
+
+
+async def current_viewer(ctx: RequestContext) -> Viewer | None:
+    """The signed-in caller, looked up once per operation so that revocation bites at once."""
+    if ctx.viewer_task is None:
+        ctx.viewer_task = asyncio.ensure_future(_load_viewer(ctx))
+    return await asyncio.shield(ctx.viewer_task)
+
+
+async def require_viewer(ctx: RequestContext) -> Viewer:
+    viewer = await current_viewer(ctx)
+    if viewer is None:
+        raise Unauthenticated()
+    return viewer
+
+
+async def require_role(ctx: RequestContext, organization_id: uuid.UUID, role: Role) -> Role:
+    """The caller's role in the organization, if at least ``role``.
+
+    Outsiders get NOT_FOUND, exactly as for an organization that does not exist;
+    members below ``role`` get FORBIDDEN.
+    """
+    viewer = await require_viewer(ctx)
+    held = viewer.roles.get(organization_id)
+    if held is None:
+        raise NotFound()
+    if not held.at_least(role):
+        raise Forbidden()
+    return held
+
+
+def member_organizations(viewer: Viewer) -> Select[uuid.UUID]:
+    """Organization IDs the caller belongs to, as SQL, for scoping every tenant query."""
+    return select(Membership.organization_id).where(Membership.user_id == viewer.user.id)

@@ -1,0 +1,351 @@
+"""Organizations, members, invitations and seats."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+from datetime import timedelta
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kindrobots.auth.roles import Role, Tier
+from kindrobots.auth.tokens import hash_token, new_opaque_token
+from kindrobots.billing.plans import plan_for
+from kindrobots.context import RequestContext
+from kindrobots.db.models import Invitation, Membership, Organization, User
+from kindrobots.db.pagination import Page, paginate
+from kindrobots.ids import to_global_id
+from kindrobots.resolvers import audit, validation
+from kindrobots.resolvers.access import member_organizations, require_role, require_viewer
+from kindrobots.security.errors import Conflict, Forbidden, NotFound, PaymentRequired
+from kindrobots.security.redaction import register_secret
+
+INVALID_INVITATION = "This invitation is not valid."
+LAST_OWNER = "An organization must keep at least one owner."
+
+
+def _slug(name: str) -> str:
+    base = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:60] or "org"
+    return f"{base}-{secrets.token_hex(3)}"
+
+
+async def insert_organization(
+    session: AsyncSession, ctx: RequestContext, owner: User, name: str
+) -> Organization:
+    organization = Organization(name=name, slug=_slug(name), tier=Tier.STARTER.value)
+    session.add(organization)
+    await session.flush()
+    session.add(
+        Membership(
+            organization_id=organization.id,
+            user_id=owner.id,
+            role=Role.OWNER.value,
+            created_at=ctx.now(),
+        )
+    )
+    audit.record(
+        session,
+        ctx,
+        organization_id=organization.id,
+        actor_id=owner.id,
+        action="organization.create",
+        target_type="Organization",
+        target_id=to_global_id("Organization", organization.id),
+        details={"name": name},
+    )
+    return organization
+
+
+async def create_organization(ctx: RequestContext, name: str) -> Organization:
+    viewer = await require_viewer(ctx)
+    name = validation.text(name, "name", 100)
+    try:
+        async with ctx.services.write() as session:
+            return await insert_organization(session, ctx, viewer.user, name)
+    except IntegrityError:
+        raise Conflict("That name is taken; try again.") from None
+
+
+async def get_organization(ctx: RequestContext, organization_id: uuid.UUID) -> Organization:
+    viewer = await require_viewer(ctx)
+    async with ctx.services.read() as session:
+        organization = await session.scalar(
+            select(Organization).where(
+                Organization.id == organization_id,
+                Organization.id.in_(member_organizations(viewer)),
+            )
+        )
+    if organization is None:
+        raise NotFound()
+    return organization
+
+
+async def list_members(
+    ctx: RequestContext, organization_id: uuid.UUID, first: int, after: str | None
+) -> Page[Membership]:
+    await require_role(ctx, organization_id, Role.VIEWER)
+    viewer = await require_viewer(ctx)
+    statement = select(Membership).where(
+        Membership.organization_id == organization_id,
+        Membership.organization_id.in_(member_organizations(viewer)),
+    )
+    async with ctx.services.read() as session:
+        return await paginate(
+            session, statement, Membership.created_at, Membership.id, first, after
+        )
+
+
+async def list_invitations(ctx: RequestContext, organization_id: uuid.UUID) -> list[Invitation]:
+    await require_role(ctx, organization_id, Role.ADMIN)
+    viewer = await require_viewer(ctx)
+    async with ctx.services.read() as session:
+        rows = await session.scalars(
+            select(Invitation)
+            .where(
+                Invitation.organization_id == organization_id,
+                Invitation.organization_id.in_(member_organizations(viewer)),
+                Invitation.accepted_at.is_(None),
+                Invitation.expires_at > ctx.now(),
+            )
+            .order_by(Invitation.created_at, Invitation.id)
+        )
+        return list(rows.all())
+
+
+async def list_memberships(ctx: RequestContext) -> list[Membership]:
+    viewer = await require_viewer(ctx)
+    async with ctx.services.read() as session:
+        rows = await session.scalars(
+            select(Membership)
+            .where(Membership.user_id == viewer.user.id)
+            .order_by(Membership.created_at, Membership.id)
+        )
+        return list(rows.all())
+
+
+async def _lock_organization(session: AsyncSession, organization_id: uuid.UUID) -> Organization:
+    """Serialise seat-changing writes of one organization (row lock on PostgreSQL)."""
+    organization = await session.scalar(
+        select(Organization).where(Organization.id == organization_id).with_for_update()
+    )
+    if organization is None:
+        raise NotFound()
+    return organization
+
+
+async def _check_seats(
+    session: AsyncSession, ctx: RequestContext, organization: Organization, count_pending: bool
+) -> None:
+    plan = plan_for(ctx.settings, Tier(organization.tier))
+    if plan.admin_seats is None:
+        return
+    used = await session.scalar(
+        select(func.count())
+        .select_from(Membership)
+        .where(Membership.organization_id == organization.id)
+    )
+    if count_pending:
+        used = (used or 0) + (
+            await session.scalar(
+                select(func.count())
+                .select_from(Invitation)
+                .where(
+                    Invitation.organization_id == organization.id,
+                    Invitation.accepted_at.is_(None),
+                    Invitation.expires_at > ctx.now(),
+                )
+            )
+            or 0
+        )
+    if (used or 0) + 1 > plan.admin_seats:
+        raise PaymentRequired(
+            f"The {plan.name} plan includes {plan.admin_seats} seat(s); upgrade to add members."
+        )
+
+
+async def invite_member(
+    ctx: RequestContext, organization_id: uuid.UUID, email: str, role: Role
+) -> tuple[Invitation, str]:
+    actor_role = await require_role(ctx, organization_id, Role.ADMIN)
+    if role is Role.OWNER and actor_role is not Role.OWNER:
+        raise Forbidden("Only owners can invite owners.")
+    viewer = await require_viewer(ctx)
+    email = validation.email(email)
+    token = new_opaque_token()
+    async with ctx.services.write() as session:
+        organization = await _lock_organization(session, organization_id)
+        existing = await session.scalar(
+            select(Membership.id)
+            .join(User, User.id == Membership.user_id)
+            .where(Membership.organization_id == organization_id, User.email == email)
+        )
+        if existing is not None:
+            raise Conflict("This person is already a member.")
+        # A new invitation to the same address replaces the pending one.
+        await session.execute(
+            delete(Invitation).where(
+                Invitation.organization_id == organization_id,
+                Invitation.email == email,
+                Invitation.accepted_at.is_(None),
+            )
+        )
+        await _check_seats(session, ctx, organization, count_pending=True)
+        invitation = Invitation(
+            organization_id=organization_id,
+            email=email,
+            role=role.value,
+            token_hash=hash_token(token),
+            invited_by_id=viewer.user.id,
+            expires_at=ctx.now() + timedelta(seconds=ctx.settings.invitation_ttl),
+            created_at=ctx.now(),
+        )
+        session.add(invitation)
+        await session.flush()
+        audit.record(
+            session,
+            ctx,
+            organization_id=organization_id,
+            actor_id=viewer.user.id,
+            action="member.invite",
+            target_type="Invitation",
+            target_id=to_global_id("Invitation", invitation.id),
+            details={"email": email, "role": role.value},
+        )
+    return invitation, token
+
+
+async def accept_invitation(ctx: RequestContext, token: str) -> Membership:
+    register_secret(token)
+    viewer = await require_viewer(ctx)
+    async with ctx.services.write() as session:
+        invitation = await session.scalar(
+            select(Invitation).where(
+                Invitation.token_hash == hash_token(token),
+                Invitation.accepted_at.is_(None),
+                Invitation.expires_at > ctx.now(),
+            )
+        )
+        # Bound to the invited address, so a leaked link is no key for someone else.
+        if invitation is None or invitation.email != viewer.user.email:
+            raise NotFound(INVALID_INVITATION)
+        organization = await _lock_organization(session, invitation.organization_id)
+        if invitation.organization_id in viewer.roles:
+            raise Conflict("You are already a member of this organization.")
+        await _check_seats(session, ctx, organization, count_pending=False)
+        invitation.accepted_at = ctx.now()
+        membership = Membership(
+            organization_id=invitation.organization_id,
+            user_id=viewer.user.id,
+            role=invitation.role,
+            created_at=ctx.now(),
+        )
+        session.add(membership)
+        await session.flush()
+        audit.record(
+            session,
+            ctx,
+            organization_id=invitation.organization_id,
+            actor_id=viewer.user.id,
+            action="invitation.accept",
+            target_type="User",
+            target_id=to_global_id("User", viewer.user.id),
+            details={"role": invitation.role},
+        )
+    return membership
+
+
+async def _target_membership(
+    session: AsyncSession, organization_id: uuid.UUID, user_id: uuid.UUID
+) -> Membership:
+    membership = await session.scalar(
+        select(Membership).where(
+            Membership.organization_id == organization_id, Membership.user_id == user_id
+        )
+    )
+    if membership is None:
+        raise NotFound()
+    return membership
+
+
+async def _owner_count(session: AsyncSession, organization_id: uuid.UUID) -> int:
+    count = await session.scalar(
+        select(func.count())
+        .select_from(Membership)
+        .where(Membership.organization_id == organization_id, Membership.role == Role.OWNER.value)
+    )
+    return count or 0
+
+
+async def update_member_role(
+    ctx: RequestContext, organization_id: uuid.UUID, user_id: uuid.UUID, role: Role
+) -> Membership:
+    actor_role = await require_role(ctx, organization_id, Role.ADMIN)
+    viewer = await require_viewer(ctx)
+    async with ctx.services.write() as session:
+        await _lock_organization(session, organization_id)
+        membership = await _target_membership(session, organization_id, user_id)
+        previous = Role(membership.role)
+        if Role.OWNER in (previous, role) and actor_role is not Role.OWNER:
+            raise Forbidden("Only owners can manage owners.")
+        demotes_owner = previous is Role.OWNER and role is not Role.OWNER
+        if demotes_owner and await _owner_count(session, organization_id) <= 1:
+            raise Conflict(LAST_OWNER)
+        membership.role = role.value
+        audit.record(
+            session,
+            ctx,
+            organization_id=organization_id,
+            actor_id=viewer.user.id,
+            action="member.role_update",
+            target_type="User",
+            target_id=to_global_id("User", user_id),
+            details={"from": previous.value, "to": role.value},
+        )
+    return membership
+
+
+async def remove_member(
+    ctx: RequestContext, organization_id: uuid.UUID, user_id: uuid.UUID
+) -> bool:
+    actor_role = await require_role(ctx, organization_id, Role.ADMIN)
+    viewer = await require_viewer(ctx)
+    async with ctx.services.write() as session:
+        await _lock_organization(session, organization_id)
+        membership = await _target_membership(session, organization_id, user_id)
+        if membership.role == Role.OWNER.value:
+            if actor_role is not Role.OWNER:
+                raise Forbidden("Only owners can manage owners.")
+            if await _owner_count(session, organization_id) <= 1:
+                raise Conflict(LAST_OWNER)
+        await session.delete(membership)
+        audit.record(
+            session,
+            ctx,
+            organization_id=organization_id,
+            actor_id=viewer.user.id,
+            action="member.remove",
+            target_type="User",
+            target_id=to_global_id("User", user_id),
+            details={"role": membership.role},
+        )
+    return True
+
+
+async def get_user(ctx: RequestContext, user_id: uuid.UUID) -> User:
+    """A user the caller may see: themself, or someone sharing one of their organizations."""
+    viewer = await require_viewer(ctx)
+    if user_id == viewer.user.id:
+        return viewer.user
+    async with ctx.services.read() as session:
+        user = await session.scalar(
+            select(User)
+            .join(Membership, Membership.user_id == User.id)
+            .where(User.id == user_id, Membership.organization_id.in_(member_organizations(viewer)))
+            .limit(1)
+        )
+    if user is None:
+        raise NotFound()
+    return user

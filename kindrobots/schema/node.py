@@ -1,0 +1,50 @@
+"""``node(id)``: any object by its global ID, with the same scoping as its own field."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+
+import strawberry
+
+from kindrobots.context import RequestContext
+from kindrobots.ids import parse_global_id
+from kindrobots.resolvers import audit, organizations
+from kindrobots.schema.audit import AuditEventType
+from kindrobots.schema.base import Info, Node
+from kindrobots.schema.organizations import OrganizationType
+from kindrobots.schema.permissions import IsAuthenticated
+from kindrobots.schema.users import UserType
+from kindrobots.security.errors import NotFound
+
+Fetch = Callable[[RequestContext, uuid.UUID], Awaitable[Node]]
+
+
+async def _organization(ctx: RequestContext, raw_id: uuid.UUID) -> Node:
+    return OrganizationType.from_row(await organizations.get_organization(ctx, raw_id))
+
+
+async def _user(ctx: RequestContext, raw_id: uuid.UUID) -> Node:
+    return UserType.from_row(await organizations.get_user(ctx, raw_id))
+
+
+async def _audit_event(ctx: RequestContext, raw_id: uuid.UUID) -> Node:
+    return AuditEventType.from_row(await audit.get_event(ctx, raw_id))
+
+
+FETCHERS: dict[str, Fetch] = {
+    "Organization": _organization,
+    "User": _user,
+    "AuditEvent": _audit_event,
+}
+
+
+@strawberry.type
+class NodeQuery:
+    @strawberry.field(permission_classes=[IsAuthenticated])
+    async def node(self, info: Info, id: strawberry.ID) -> Node | None:
+        type_name, raw_id = parse_global_id(id)
+        fetch = FETCHERS.get(type_name)
+        if fetch is None:
+            raise NotFound()
+        return await fetch(info.context, raw_id)

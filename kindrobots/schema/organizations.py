@@ -1,0 +1,217 @@
+"""Organizations, memberships, invitations and plans."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import strawberry
+
+from kindrobots.auth.roles import Role, Tier
+from kindrobots.billing.plans import Plan, plans
+from kindrobots.db import models
+from kindrobots.ids import from_global_id, to_global_id
+from kindrobots.resolvers import audit, organizations
+from kindrobots.resolvers.loaders import loaders
+from kindrobots.schema.audit import AuditEventType
+from kindrobots.schema.base import Connection, Info, Node, to_connection
+from kindrobots.schema.permissions import IsAdmin, IsAuthenticated, IsViewer
+from kindrobots.schema.users import UserType
+
+strawberry.enum(Role)
+strawberry.enum(Tier)
+
+
+@strawberry.type(name="Plan")
+class PlanType:
+    tier: Tier
+    name: str
+    admin_seats: int | None
+    chat_messages_per_minute: int
+    price_id: str | None
+
+    @classmethod
+    def from_plan(cls, plan: Plan) -> PlanType:
+        return cls(
+            tier=plan.tier,
+            name=plan.name,
+            admin_seats=plan.admin_seats,
+            chat_messages_per_minute=plan.chat_messages_per_minute,
+            price_id=plan.price_id,
+        )
+
+
+@strawberry.type(name="Invitation")
+class InvitationType:
+    id: strawberry.ID
+    email: str
+    role: Role
+    expires_at: datetime
+
+    @classmethod
+    def from_row(cls, row: models.Invitation) -> InvitationType:
+        return cls(
+            id=strawberry.ID(to_global_id("Invitation", row.id)),
+            email=row.email,
+            role=Role(row.role),
+            expires_at=row.expires_at,
+        )
+
+
+@strawberry.type
+class InvitationResult:
+    invitation: InvitationType
+    token: str = strawberry.field(
+        description="One-time acceptance token. Only its hash is stored; it is shown once."
+    )
+
+
+@strawberry.type(name="Membership")
+class MembershipType:
+    role: Role
+    created_at: datetime
+    organization_id: strawberry.Private[uuid.UUID]
+    user_id: strawberry.Private[uuid.UUID]
+
+    @strawberry.field
+    async def organization(self, info: Info) -> OrganizationType:
+        row = await loaders(info.context).organization.load(self.organization_id)
+        assert row is not None  # memberships cascade with their organization
+        return OrganizationType.from_row(row)
+
+    @strawberry.field
+    async def user(self, info: Info) -> UserType:
+        row = await loaders(info.context).user.load(self.user_id)
+        assert row is not None  # memberships cascade with their user
+        return UserType.from_row(row)
+
+    @classmethod
+    def from_row(cls, row: models.Membership) -> MembershipType:
+        return cls(
+            role=Role(row.role),
+            created_at=row.created_at,
+            organization_id=row.organization_id,
+            user_id=row.user_id,
+        )
+
+
+@strawberry.type(name="Organization")
+class OrganizationType(Node):
+    name: str
+    slug: str
+    tier: Tier
+    created_at: datetime
+    organization_id: strawberry.Private[uuid.UUID]
+
+    @strawberry.field(permission_classes=[IsViewer])
+    async def members(
+        self, info: Info, first: int | None = 20, after: str | None = None
+    ) -> Connection[MembershipType]:
+        page = await organizations.list_members(
+            info.context, self.organization_id, 20 if first is None else first, after
+        )
+        return to_connection(page, MembershipType.from_row)
+
+    @strawberry.field(permission_classes=[IsAdmin])
+    async def invitations(self, info: Info) -> list[InvitationType]:
+        rows = await organizations.list_invitations(info.context, self.organization_id)
+        return [InvitationType.from_row(row) for row in rows]
+
+    @strawberry.field(permission_classes=[IsAdmin])
+    async def audit_log(
+        self,
+        info: Info,
+        first: int | None = 50,
+        after: str | None = None,
+        action: str | None = None,
+    ) -> Connection[AuditEventType]:
+        page = await audit.list_events(
+            info.context, self.organization_id, 50 if first is None else first, after, action
+        )
+        return to_connection(page, AuditEventType.from_row)
+
+    @classmethod
+    def from_row(cls, row: models.Organization) -> OrganizationType:
+        return cls(
+            id=strawberry.ID(to_global_id("Organization", row.id)),
+            name=row.name,
+            slug=row.slug,
+            tier=Tier(row.tier),
+            created_at=row.created_at,
+            organization_id=row.id,
+        )
+
+
+@strawberry.input
+class CreateOrganizationInput:
+    name: str
+
+
+@strawberry.input
+class InviteMemberInput:
+    organization_id: strawberry.ID
+    email: str
+    role: Role
+
+
+@strawberry.input
+class UpdateMemberRoleInput:
+    organization_id: strawberry.ID
+    user_id: strawberry.ID
+    role: Role
+
+
+@strawberry.type
+class OrganizationQuery:
+    @strawberry.field(permission_classes=[IsAuthenticated])
+    async def organization(self, info: Info, id: strawberry.ID) -> OrganizationType | None:
+        row = await organizations.get_organization(info.context, from_global_id(id, "Organization"))
+        return OrganizationType.from_row(row)
+
+    @strawberry.field
+    def plans(self, info: Info) -> list[PlanType]:
+        return [PlanType.from_plan(plan) for plan in plans(info.context.settings)]
+
+
+@strawberry.type
+class OrganizationMutation:
+    @strawberry.mutation(permission_classes=[IsAuthenticated])
+    async def create_organization(
+        self, info: Info, input: CreateOrganizationInput
+    ) -> OrganizationType:
+        row = await organizations.create_organization(info.context, input.name)
+        return OrganizationType.from_row(row)
+
+    @strawberry.mutation(permission_classes=[IsAdmin])
+    async def invite_member(self, info: Info, input: InviteMemberInput) -> InvitationResult:
+        invitation, token = await organizations.invite_member(
+            info.context,
+            from_global_id(input.organization_id, "Organization"),
+            input.email,
+            Role(input.role),
+        )
+        return InvitationResult(invitation=InvitationType.from_row(invitation), token=token)
+
+    @strawberry.mutation(permission_classes=[IsAuthenticated])
+    async def accept_invitation(self, info: Info, token: str) -> MembershipType:
+        return MembershipType.from_row(await organizations.accept_invitation(info.context, token))
+
+    @strawberry.mutation(permission_classes=[IsAdmin])
+    async def update_member_role(self, info: Info, input: UpdateMemberRoleInput) -> MembershipType:
+        row = await organizations.update_member_role(
+            info.context,
+            from_global_id(input.organization_id, "Organization"),
+            from_global_id(input.user_id, "User"),
+            Role(input.role),
+        )
+        return MembershipType.from_row(row)
+
+    @strawberry.mutation(permission_classes=[IsAdmin])
+    async def remove_member(
+        self, info: Info, organization_id: strawberry.ID, user_id: strawberry.ID
+    ) -> bool:
+        return await organizations.remove_member(
+            info.context,
+            from_global_id(organization_id, "Organization"),
+            from_global_id(user_id, "User"),
+        )

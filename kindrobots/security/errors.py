@@ -1,0 +1,126 @@
+"""The public error family (API.md, Errors) and the masking of everything else.
+
+A client sees a stable ``extensions.code``. Any exception that is not a
+:class:`PublicError` is replaced by ``Unexpected error.`` with an ``errorId``; the
+detail goes to the server log under that id (through the redaction filter).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+from graphql import GraphQLError
+from strawberry.extensions import SchemaExtension
+
+logger = logging.getLogger("kindrobots.errors")
+
+INTERNAL_MESSAGE = "Unexpected error."
+
+
+class PublicError(Exception):
+    """An error whose message and code are meant for the client."""
+
+    code: ClassVar[str] = "INTERNAL_SERVER_ERROR"
+    default_message: ClassVar[str] = INTERNAL_MESSAGE
+
+    def __init__(self, message: str | None = None, **extensions: Any) -> None:
+        super().__init__(message or self.default_message)
+        self.message = message or self.default_message
+        self.extensions = {"code": self.code, **extensions}
+
+
+class Unauthenticated(PublicError):
+    code = "UNAUTHENTICATED"
+    default_message = "Sign in to continue."
+
+
+class Forbidden(PublicError):
+    code = "FORBIDDEN"
+    default_message = "Your role does not allow this."
+
+
+class NotFound(PublicError):
+    code = "NOT_FOUND"
+    default_message = "Not found."
+
+
+class BadUserInput(PublicError):
+    code = "BAD_USER_INPUT"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message, field=field)
+
+
+class RateLimited(PublicError):
+    code = "RATE_LIMITED"
+    default_message = "Too many requests."
+
+    def __init__(self, retry_after: int, message: str | None = None) -> None:
+        super().__init__(message, retryAfter=retry_after)
+
+
+class PaymentRequired(PublicError):
+    code = "PAYMENT_REQUIRED"
+    default_message = "Your plan does not allow this."
+
+
+class Conflict(PublicError):
+    code = "CONFLICT"
+    default_message = "This conflicts with the current state."
+
+
+def public_error(error: GraphQLError) -> GraphQLError:
+    """The client-facing version of ``error``; masks and logs anything unexpected."""
+    original = error.original_error
+    if isinstance(original, PublicError):
+        return GraphQLError(
+            original.message,
+            nodes=error.nodes,
+            source=error.source,
+            positions=error.positions,
+            path=error.path,
+            extensions=original.extensions,
+        )
+    if original is None:
+        # Raised by graphql-core itself while parsing or validating the document.
+        return GraphQLError(
+            error.message,
+            nodes=error.nodes,
+            source=error.source,
+            positions=error.positions,
+            path=error.path,
+            extensions={"code": "GRAPHQL_VALIDATION_FAILED"},
+        )
+    if isinstance(original, GraphQLError) and original.original_error is None:
+        # Variable coercion errors arrive wrapped; they are the client's input too.
+        return public_error(original)
+    error_id = uuid.uuid4().hex
+    logger.error(
+        "unexpected error %s at %s",
+        error_id,
+        ".".join(str(part) for part in error.path or ()),
+        exc_info=original,
+        extra={"error_id": error_id},
+    )
+    return GraphQLError(
+        INTERNAL_MESSAGE,
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        extensions={"code": "INTERNAL_SERVER_ERROR", "errorId": error_id},
+    )
+
+
+class PublicErrors(SchemaExtension):
+    """Rewrites every error of a result into the public family before it leaves."""
+
+    def on_operation(self) -> Iterator[None]:
+        yield
+        result = self.execution_context.result
+        errors = getattr(result, "errors", None)
+        if result is not None and errors:
+            result.errors = [public_error(error) for error in errors]

@@ -1,0 +1,145 @@
+"""One redaction step for every log record of the process.
+
+It is installed as the logging record factory, so it runs for every logger
+(ours, Strawberry's, aiohttp's, SQLAlchemy's) and before any handler, including
+handlers added later such as pytest's. Records are rendered, cleaned and frozen:
+``msg`` becomes the redacted text, ``args`` is emptied, and a traceback is
+rendered into ``exc_text`` and redacted too.
+
+Patterns catch secrets by shape (keys, tokens, card numbers) or by the name next
+to them (``password=…``). Secrets without a shape, such as the password of the
+request being served, are registered per request with :func:`register_secret`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import traceback
+from collections.abc import Iterable
+
+REDACTED = "[REDACTED]"
+
+_SENSITIVE_NAMES = (
+    r"password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key"
+    r"|authorization|cookie|set-cookie|refresh[_-]?token|access[_-]?token|client[_-]?secret"
+    r"|kr_access|kr_refresh|x-project-secret|signature|credentials?"
+)
+
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # Authorization / Cookie headers, whatever their scheme.
+    (
+        re.compile(r"(?i)\b(authorization|proxy-authorization)(\s*[:=]\s*)[^\r\n,;}\]]+"),
+        rf"\1\2{REDACTED}",
+    ),
+    (re.compile(r"(?i)\b(set-cookie|cookie)(\s*[:=]\s*)[^\r\n}\]]+"), rf"\1\2{REDACTED}"),
+    (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]+"), f"Bearer {REDACTED}"),
+    # name=value, name: value, "name": "value" for sensitive names.
+    (
+        re.compile(
+            rf"(?i)([\"']?\b[\w-]*(?:{_SENSITIVE_NAMES})[\w-]*[\"']?\s*[:=]\s*)"
+            r"(\"[^\"]*\"|'[^']*'|[^\s,;&}\])]+)"
+        ),
+        rf"\1{REDACTED}",
+    ),
+    # Shapes: LLM and Stripe keys, JWTs, password hashes, private keys.
+    (
+        re.compile(r"\b(sk|rk|pk_live|sk_live|sk_test|rk_live|rk_test|whsec)[-_][A-Za-z0-9_-]{8,}"),
+        REDACTED,
+    ),
+    (re.compile(r"\bsk-[A-Za-z0-9_-]{6,}"), REDACTED),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), REDACTED),
+    (re.compile(r"\$(argon2(id|i|d)|2[aby])\$[^\s'\"]+"), REDACTED),
+    (
+        re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S),
+        REDACTED,
+    ),
+    (re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b"), REDACTED),
+)
+
+_CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
+
+_request_secrets: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
+    "request_secrets", default=frozenset()
+)
+
+MIN_REGISTERED_LENGTH = 4
+
+
+def register_secret(value: str | None) -> None:
+    """Redact ``value`` from every record logged later in this context (request, task)."""
+    if value and len(value) >= MIN_REGISTERED_LENGTH:
+        _request_secrets.set(_request_secrets.get() | {value})
+
+
+def register_secrets(values: Iterable[str | None]) -> None:
+    for value in values:
+        register_secret(value)
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        digit = int(char)
+        if index % 2:
+            digit = digit * 2 - 9 if digit > 4 else digit * 2
+        total += digit
+    return total % 10 == 0
+
+
+def _card(match: re.Match[str]) -> str:
+    digits = re.sub(r"\D", "", match.group(0))
+    return REDACTED if 13 <= len(digits) <= 19 and _luhn(digits) else match.group(0)
+
+
+def redact(text: str) -> str:
+    """Remove every secret this module can recognise from ``text``."""
+    for secret in sorted(_request_secrets.get(), key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return _CARD.sub(_card, text)
+
+
+def redact_record(record: logging.LogRecord) -> logging.LogRecord:
+    try:
+        message = record.getMessage()
+    except (TypeError, ValueError):
+        message = f"{record.msg!r} {record.args!r}"
+    record.msg = redact(message)
+    record.args = ()
+    if record.exc_info:
+        if record.exc_info[1] is not None:
+            record.exc_text = redact("".join(traceback.format_exception(*record.exc_info)))
+        record.exc_info = None
+    elif record.exc_text:
+        record.exc_text = redact(record.exc_text)
+    if record.stack_info:
+        record.stack_info = redact(record.stack_info)
+    return record
+
+
+class RedactingFilter(logging.Filter):
+    """For handlers that receive records made before :func:`install` ran."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        redact_record(record)
+        return True
+
+
+_installed = False
+
+
+def install() -> None:
+    """Make every log record of the process pass through :func:`redact_record`."""
+    global _installed
+    if _installed:
+        return
+    base_factory = logging.getLogRecordFactory()
+
+    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        return redact_record(base_factory(*args, **kwargs))
+
+    logging.setLogRecordFactory(factory)
+    _installed = True

@@ -1,0 +1,248 @@
+"""The aiohttp application: GraphQL over HTTP and WebSocket, health, JWKS."""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from datetime import timedelta
+from typing import Any
+
+from aiohttp import WSCloseCode, web
+from aiohttp.abc import AbstractAccessLogger
+from cross_web import HTTPException
+from sqlalchemy import text
+from strawberry.aiohttp.views import GraphQLView
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http import GraphQLHTTPResponse
+from strawberry.types import ExecutionResult
+
+from kindrobots.auth.tokens import TokenSigner
+from kindrobots.config import Settings
+from kindrobots.context import Cookie, RequestContext, Services
+from kindrobots.db.engine import create_engine, create_sessionmaker
+from kindrobots.schema import build_schema
+from kindrobots.security.client_ip import client_ip
+
+logger = logging.getLogger("kindrobots.server")
+
+GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
+SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
+WEBSOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey(
+    "websockets", weakref.WeakSet
+)
+CSRF_HEADERS = ("X-Requested-With", "Apollo-Require-Preflight")
+
+
+def _bearer(header: str | None) -> str | None:
+    if header and header[:7].lower() == "bearer ":
+        return header[7:].strip() or None
+    return None
+
+
+def _csrf_safe(request: web.Request) -> bool:
+    """A cookie-carrying POST must be one that a cross-site form cannot send."""
+    if request.method != "POST":
+        return True
+    if request.content_type == "application/json":
+        return True
+    return any(request.headers.get(name, "").strip() for name in CSRF_HEADERS)
+
+
+def _apply_cookies(response: web.StreamResponse, settings: Settings, cookies: list[Cookie]) -> None:
+    for cookie in cookies:
+        response.set_cookie(
+            cookie.name,
+            cookie.value,
+            max_age=cookie.max_age,
+            path=cookie.path,
+            httponly=True,
+            secure=settings.secure_cookies,
+            samesite=cookie.same_site,
+        )
+
+
+class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
+    def __init__(self, services: Services) -> None:
+        settings = services.settings
+        super().__init__(
+            schema=build_schema(production=settings.is_production),
+            graphql_ide=None if settings.is_production else "graphiql",
+            connection_init_wait_timeout=timedelta(seconds=10),
+            allowed_origins=settings.dashboard_origins,
+        )
+        self.services = services
+
+    async def get_context(
+        self, request: web.Request, response: web.Response | web.WebSocketResponse
+    ) -> RequestContext:
+        settings = self.services.settings
+        context = RequestContext(
+            services=self.services,
+            ip=client_ip(request, settings.trusted_proxies),
+            user_agent=request.headers.get("User-Agent"),
+        )
+        bearer = _bearer(request.headers.get("Authorization"))
+        cookies_allowed = isinstance(response, web.WebSocketResponse) or _csrf_safe(request)
+        if bearer:
+            context.access_token, context.auth_source = bearer, "bearer"
+        elif request.cookies.get("kr_access") or request.cookies.get("kr_refresh"):
+            if not cookies_allowed:
+                raise HTTPException(
+                    403,
+                    "Cookie-authenticated POSTs need Content-Type: application/json "
+                    "or an X-Requested-With header.",
+                )
+            context.access_token = request.cookies.get("kr_access") or None
+            context.auth_source = "cookie" if context.access_token else None
+        if not isinstance(response, web.WebSocketResponse):
+            context.refresh_cookie = request.cookies.get("kr_refresh") or None
+            context.cookie_sink = lambda cookies: _apply_cookies(response, settings, cookies)
+        return context
+
+    async def on_ws_connect(self, context: RequestContext) -> dict[str, object] | None:
+        params = context.connection_params or {}
+        token = _bearer(str(params.get("authorization") or params.get("Authorization") or ""))
+        token = token or (
+            params.get("accessToken") if isinstance(params.get("accessToken"), str) else None
+        )
+        if token:
+            if self.services.signer.verify(token) is None:
+                raise ConnectionRejectionError()
+            context.access_token, context.auth_source = token, "connection"
+        return None
+
+    async def create_websocket_response(
+        self, request: web.Request, subprotocol: str | None
+    ) -> web.WebSocketResponse:
+        websocket = await super().create_websocket_response(request, subprotocol)
+        request.app[WEBSOCKETS].add(websocket)
+        return websocket
+
+    async def process_result(
+        self, request: web.Request, result: ExecutionResult
+    ) -> GraphQLHTTPResponse:
+        # A result without data whose errors have no path never executed: a request error.
+        if result.data is None and all(not error.path for error in result.errors or ()):
+            request["graphql_request_error"] = True
+        return await super().process_result(request, result)
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        response = await super().__call__(request)
+        if (
+            isinstance(response, web.Response)
+            and response.content_type == "application/json"
+            and GRAPHQL_RESPONSE_JSON in request.headers.get("Accept", "")
+        ):
+            # GraphQL over HTTP: with the new media type, request errors are 4xx.
+            response.content_type = GRAPHQL_RESPONSE_JSON
+            if request.get("graphql_request_error"):
+                response.set_status(400)
+        return response
+
+
+class AccessLogger(AbstractAccessLogger):
+    """Method, path and status only: query strings may carry GraphQL variables."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            "%s %s %s %s %.1fms",
+            request.remote,
+            request.method,
+            request.path,
+            response.status,
+            time * 1000,
+        )
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    checks: dict[str, str] = {}
+    try:
+        async with services.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception:
+        logger.warning("readiness: database unreachable", exc_info=True)
+        checks["database"] = "unavailable"
+    if services.redis is not None:
+        try:
+            await services.redis.ping()
+            checks["redis"] = "ok"
+        except Exception:
+            logger.warning("readiness: redis unreachable", exc_info=True)
+            checks["redis"] = "unavailable"
+    ready = all(value == "ok" for value in checks.values())
+    return web.json_response(
+        {"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503
+    )
+
+
+async def jwks(request: web.Request) -> web.Response:
+    return web.json_response(
+        request.app[SERVICES].signer.jwks(), headers={"Cache-Control": "public, max-age=300"}
+    )
+
+
+def create_services(settings: Settings) -> Services:
+    engine = create_engine(settings)
+    redis = None
+    if settings.redis_url:
+        from redis.asyncio import Redis
+
+        redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    return Services(
+        settings=settings,
+        engine=engine,
+        sessionmaker=create_sessionmaker(engine),
+        signer=TokenSigner(
+            settings.signing_keys,
+            issuer=settings.public_url,
+            ttl=timedelta(seconds=settings.access_token_ttl),
+        ),
+        redis=redis,
+    )
+
+
+async def _close_websockets(app: web.Application) -> None:
+    websockets = app[WEBSOCKETS]
+    for websocket in [*websockets]:
+        await websocket.close(code=WSCloseCode.GOING_AWAY, message=b"Server shutting down")
+
+
+async def _close_services(app: web.Application) -> None:
+    services = app[SERVICES]
+    if services.redis is not None:
+        await services.redis.aclose()
+    await services.engine.dispose()
+
+
+def create_app(settings: Settings, services: Services | None = None) -> web.Application:
+    services = services or create_services(settings)
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app[SERVICES] = services
+    websockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+    app[WEBSOCKETS] = websockets
+    view = KindRobotsGraphQLView(services)
+    app.router.add_route("GET", "/graphql", view)
+    app.router.add_route("POST", "/graphql", view)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/.well-known/jwks.json", jwks)
+    app.on_shutdown.append(_close_websockets)
+    app.on_cleanup.append(_close_services)
+    return app
+
+
+def run(settings: Settings, **kwargs: Any) -> None:
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        shutdown_timeout=settings.shutdown_timeout,
+        access_log_class=AccessLogger,
+        **kwargs,
+    )

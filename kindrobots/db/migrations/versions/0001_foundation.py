@@ -48,7 +48,7 @@ def upgrade() -> None:
         sa.Column("actor_id", sa.Uuid(), nullable=True),
         sa.Column("action", sa.String(length=64), nullable=False),
         sa.Column("target_type", sa.String(length=64), nullable=True),
-        sa.Column("target_id", sa.String(length=64), nullable=True),
+        sa.Column("target_id", sa.String(length=128), nullable=True),
         sa.Column(
             "metadata", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=False
         ),

@@ -33,7 +33,6 @@ LEEWAY_SECONDS = 5
 class AccessClaims:
     user_id: uuid.UUID
     session_id: uuid.UUID
-    expires_at: datetime
 
 
 def _b64url(data: bytes) -> str:
@@ -92,7 +91,6 @@ class TokenSigner:
             return AccessClaims(
                 user_id=uuid.UUID(claims["sub"]),
                 session_id=uuid.UUID(claims["sid"]),
-                expires_at=datetime.fromtimestamp(claims["exp"]).astimezone(),
             )
         except (jwt.PyJWTError, ValueError, TypeError):
             return None

@@ -94,6 +94,7 @@ class Settings(BaseSettings):
     env: Literal["development", "production"] = "development"
     data_dir: Path = Path(".kindrobots")
     database_url: str = ""
+    database_ssl: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] | None = None
     redis_url: str | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -190,6 +191,10 @@ class Settings(BaseSettings):
             problems.append("KR_DATABASE_URL must be a PostgreSQL URL in production")
         if not self.public_url.startswith("https://"):
             problems.append("KR_PUBLIC_URL must be https in production")
+        if self.database_ssl in ("disable", "prefer"):
+            problems.append(
+                "KR_DATABASE_SSL must be require, verify-ca or verify-full in production"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -201,6 +206,11 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def postgres_ssl(self) -> str | None:
+        """The asyncpg ``ssl`` mode: never plain text to the database in production."""
+        return self.database_ssl or ("require" if self.is_production else None)
 
     @property
     def json_logs(self) -> bool:

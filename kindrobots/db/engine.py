@@ -27,6 +27,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         return engine
     return create_async_engine(
         url,
+        connect_args={"ssl": settings.postgres_ssl} if settings.postgres_ssl else {},
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,

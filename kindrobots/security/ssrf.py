@@ -1,0 +1,216 @@
+"""The one function for every outbound request a customer can steer (DESIGN.md, SSRF guard).
+
+OpenAPI imports, tool calls, JWKS fetches and custom LLM base URLs all go
+through :func:`outbound_request`. Before any byte leaves, the host is resolved
+and every address checked; the connection is then pinned to those checked
+addresses (a custom aiohttp resolver), so a second DNS answer cannot swap in an
+internal address. Redirects are followed by hand, each target checked the same
+way. Time, size and redirect count are capped.
+
+aiohttp has no hook that validates the address it actually dials, which is why
+the pinning resolver lives here rather than in a library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
+
+from kindrobots.security.errors import BadUserInput
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+BLOCKED_NAMES = frozenset(
+    {"localhost", "metadata", "metadata.google.internal", "instance-data", "metadata.azure.com"}
+)
+BLOCKED_SUFFIXES = (".localhost", ".internal", ".local")
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+class OutboundRefused(BadUserInput):
+    """The target is not one we may reach; nothing was sent."""
+
+
+class OutboundFailed(BadUserInput):
+    """The target was allowed but did not answer usefully (timeout, size, network)."""
+
+
+@dataclass(frozen=True)
+class OutboundResponse:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    url: str
+
+
+@dataclass(frozen=True)
+class Limits:
+    timeout: float = 10.0
+    max_bytes: int = 2 * 1024 * 1024
+    max_redirects: int = 3
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    return None
+
+
+def is_public(address: IPAddress) -> bool:
+    """Only globally routable unicast: no loopback, private, CGNAT, link-local, metadata."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(address)
+        if embedded is not None:
+            return is_public(embedded)
+        if address.scope_id:
+            return False
+    return address.is_global and not (
+        address.is_multicast or address.is_reserved or address.is_unspecified
+    )
+
+
+def _host_port(url: URL) -> tuple[str, int]:
+    if url.scheme not in ("http", "https"):
+        raise OutboundRefused("url", "Only http and https URLs are allowed.")
+    if url.user is not None or url.password is not None:
+        raise OutboundRefused("url", "URLs must not contain credentials.")
+    host = (url.raw_host or "").rstrip(".").lower()
+    if not host:
+        raise OutboundRefused("url", "The URL has no host.")
+    return host, url.port or (443 if url.scheme == "https" else 80)
+
+
+def _allowed(host: str, port: int, allow: Iterable[str]) -> bool:
+    return any(entry.lower() in (host, f"{host}:{port}") for entry in allow)
+
+
+async def resolve(host: str, port: int) -> list[IPAddress]:
+    """Every address ``host`` resolves to (numeric spellings such as 0x7f.1 included)."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise OutboundFailed("url", "The host name could not be resolved.") from None
+    return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+
+
+async def check_target(url: URL, allow: Iterable[str]) -> list[IPAddress]:
+    """The addresses that ``url`` may be fetched from, or OutboundRefused."""
+    host, port = _host_port(url)
+    allowed = _allowed(host, port, allow)
+    if not allowed and (host in BLOCKED_NAMES or host.endswith(BLOCKED_SUFFIXES)):
+        raise OutboundRefused("url", "This address is not reachable from Kind Robots.")
+    addresses = await resolve(host.strip("[]"), port)
+    if not addresses:
+        raise OutboundFailed("url", "The host name could not be resolved.")
+    if not allowed and not all(is_public(address) for address in addresses):
+        raise OutboundRefused("url", "This address is not reachable from Kind Robots.")
+    return addresses
+
+
+class _PinnedResolver(AbstractResolver):
+    """Answers only with the addresses that were checked, whatever DNS says now."""
+
+    def __init__(self, host: str, addresses: list[IPAddress]) -> None:
+        self._host = host
+        self._addresses = addresses
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        if host.strip("[]").lower() != self._host.strip("[]"):
+            raise OSError(f"unexpected host {host!r}")
+        return [
+            ResolveResult(
+                hostname=host,
+                host=str(address),
+                port=port,
+                family=socket.AF_INET6 if address.version == 6 else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
+            )
+            for address in self._addresses
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
+async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    declared = response.content_length
+    if declared is not None and declared > max_bytes:
+        raise OutboundFailed("url", f"The response is larger than {max_bytes} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > max_bytes:
+            raise OutboundFailed("url", f"The response is larger than {max_bytes} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def outbound_request(
+    url: str,
+    *,
+    allow: Iterable[str],
+    method: str = "GET",
+    headers: Mapping[str, str] | None = None,
+    json: Any = None,
+    limits: Limits | None = None,
+) -> OutboundResponse:
+    """Fetch ``url`` if, and only if, every hop is a public address (or explicitly allowed)."""
+    limits = limits or Limits()
+    allow = tuple(allow)
+    try:
+        target = URL(url)
+    except (ValueError, TypeError):
+        raise OutboundRefused("url", "The URL is not valid.") from None
+    try:
+        async with asyncio.timeout(limits.timeout):
+            for _hop in range(limits.max_redirects + 1):
+                addresses = await check_target(target, allow)
+                host, _port = _host_port(target)
+                connector = aiohttp.TCPConnector(
+                    resolver=_PinnedResolver(host, addresses), use_dns_cache=False, force_close=True
+                )
+                async with (
+                    aiohttp.ClientSession(connector=connector) as session,
+                    session.request(
+                        method,
+                        target,
+                        headers=headers,
+                        json=json,
+                        allow_redirects=False,
+                    ) as response,
+                ):
+                    location = response.headers.get("Location")
+                    if response.status in REDIRECTS and location:
+                        target = target.join(URL(location))
+                        if response.status == 303:
+                            method, json = "GET", None
+                        continue
+                    body = await _read_capped(response, limits.max_bytes)
+                    return OutboundResponse(
+                        response.status, dict(response.headers), body, str(target)
+                    )
+            raise OutboundFailed("url", f"More than {limits.max_redirects} redirects.")
+    except TimeoutError:
+        raise OutboundFailed("url", f"No answer within {limits.timeout:g} seconds.") from None
+    except aiohttp.ClientError:
+        raise OutboundFailed("url", "The server could not be reached.") from None

@@ -40,11 +40,14 @@ class Key:
 
 
 def parse_keys(value: str) -> tuple[Key, ...]:
-    """Parse ``kid:base64,kid:base64``; the first key is the active one."""
+    """Parse ``kid:base64,kid:base64``; the first key is the active one.
+
+    Messages name a key by its position, never by any part of the value: an
+    operator who swaps the two halves would otherwise see the key in the error.
+    """
     keys: list[Key] = []
-    for item in (part.strip() for part in value.split(",")):
-        if not item:
-            continue
+    items = [part.strip() for part in value.split(",") if part.strip()]
+    for position, item in enumerate(items, start=1):
         kid, sep, encoded = item.partition(":")
         if not sep or not kid or not encoded:
             raise ValueError("each key must look like kid:base64")
@@ -52,13 +55,16 @@ def parse_keys(value: str) -> tuple[Key, ...]:
             material = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
         except (binascii.Error, ValueError):
             try:
-                material = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+                # URL-safe alphabet, validated too: stray characters are a typo, not noise.
+                material = base64.b64decode(
+                    encoded + "=" * (-len(encoded) % 4), altchars=b"-_", validate=True
+                )
             except (binascii.Error, ValueError):
-                raise ValueError(f"key {kid!r} is not valid base64") from None
+                raise ValueError(f"key {position} is not valid base64") from None
         if len(material) != KEY_BYTES:
-            raise ValueError(f"key {kid!r} must decode to {KEY_BYTES} bytes")
+            raise ValueError(f"key {position} must decode to {KEY_BYTES} bytes")
         if any(existing.kid == kid for existing in keys):
-            raise ValueError(f"key id {kid!r} appears twice")
+            raise ValueError(f"key {position} repeats the id of an earlier key")
         keys.append(Key(kid, material))
     if not keys:
         raise ValueError("at least one key is required")
@@ -93,9 +99,9 @@ class Settings(BaseSettings):
 
     env: Literal["development", "production"] = "development"
     data_dir: Path = Path(".kindrobots")
-    database_url: str = ""
+    database_url: str = Field(default="", repr=False)
     database_ssl: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] | None = None
-    redis_url: str | None = None
+    redis_url: str | None = Field(default=None, repr=False)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     public_url: str = "http://localhost:8000"
@@ -106,8 +112,8 @@ class Settings(BaseSettings):
         tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...], NoDecode
     ] = ()
     outbound_allow: CommaList = ()
-    stripe_secret_key: str | None = None
-    stripe_webhook_secret: str | None = None
+    stripe_secret_key: str | None = Field(default=None, repr=False)
+    stripe_webhook_secret: str | None = Field(default=None, repr=False)
     stripe_api_base: str | None = None
     stripe_price_starter: str | None = None
     stripe_price_professional: str | None = None
@@ -259,9 +265,18 @@ def _development_keys(data_dir: Path) -> dict[str, tuple[Key, ...]]:
             f"KR_ENCRYPTION_KEYS={format_keys((generate_key('enc'),))}\n"
             f"KR_SIGNING_KEYS={format_keys((generate_key('sig'),))}\n"
         )
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # Written aside, then linked into place: a process starting at the same moment
+        # either wins or reads the winner's complete file, never half of one.
+        staging = data_dir / f".{DEV_KEYS_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(content)
+        try:
+            os.link(staging, path)
+        except FileExistsError:
+            pass
+        finally:
+            staging.unlink()
     values = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
     try:
         return {

@@ -30,3 +30,5 @@ def configure_logging(settings: Settings) -> None:
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(settings.log_level)
+    # Alembic announces each of its plugins at INFO on every start; the upgrades stay visible.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)

@@ -31,6 +31,7 @@ WEBSOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey(
     "websockets", weakref.WeakSet
 )
 CSRF_HEADERS = ("X-Requested-With", "Apollo-Require-Preflight")
+REQUEST_ERROR: web.RequestKey[bool] = web.RequestKey("graphql_request_error", bool)
 
 
 def _bearer(header: str | None) -> str | None:
@@ -123,7 +124,7 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
     ) -> GraphQLHTTPResponse:
         # A result without data whose errors have no path never executed: a request error.
         if result.data is None and all(not error.path for error in result.errors or ()):
-            request["graphql_request_error"] = True
+            request[REQUEST_ERROR] = True
         return await super().process_result(request, result)
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
@@ -135,7 +136,7 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
         ):
             # GraphQL over HTTP: with the new media type, request errors are 4xx.
             response.content_type = GRAPHQL_RESPONSE_JSON
-            if request.get("graphql_request_error"):
+            if request.get(REQUEST_ERROR):
                 response.set_status(400)
         return response
 

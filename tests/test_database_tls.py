@@ -34,7 +34,7 @@ def _production(tmp_path: Path, **overrides: object) -> Settings:
 async def test_production_refuses_a_database_without_tls(tmp_path: Path) -> None:
     require_service("PostgreSQL", POSTGRES_URL, 5432)
     await _select_one(make_settings(tmp_path, "postgresql"))  # reachable in plain text
-    with pytest.raises(Exception, match="(?i)ssl"):
+    with pytest.raises(Exception, match=r"(?i)ssl"):
         await _select_one(_production(tmp_path))
 
 

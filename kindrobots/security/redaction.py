@@ -27,22 +27,34 @@ _SENSITIVE_NAMES = (
     r"|kr_access|kr_refresh|x-project-secret|signature|credentials?"
 )
 
+# A value that is already exactly the marker is left alone: records pass through
+# redaction twice (record factory, then the handler's filter) and must not become
+# ``[REDACTED]]``.
+_NOT_DONE = rf"(?!\s*{re.escape(REDACTED)}(?:[\s,;&}}\])]|$))"
+
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Authorization / Cookie headers, whatever their scheme.
     (
-        re.compile(r"(?i)\b(authorization|proxy-authorization)(\s*[:=]\s*)[^\r\n,;}\]]+"),
+        re.compile(
+            rf"(?i)\b(authorization|proxy-authorization)(\s*[:=]\s*){_NOT_DONE}[^\r\n,;}}\]]+"
+        ),
         rf"\1\2{REDACTED}",
     ),
-    (re.compile(r"(?i)\b(set-cookie|cookie)(\s*[:=]\s*)[^\r\n}\]]+"), rf"\1\2{REDACTED}"),
+    (
+        re.compile(rf"(?i)\b(set-cookie|cookie)(\s*[:=]\s*){_NOT_DONE}[^\r\n}}\]]+"),
+        rf"\1\2{REDACTED}",
+    ),
     (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]+"), f"Bearer {REDACTED}"),
     # name=value, name: value, "name": "value" for sensitive names.
     (
         re.compile(
-            rf"(?i)([\"']?\b[\w-]*(?:{_SENSITIVE_NAMES})[\w-]*[\"']?\s*[:=]\s*)"
+            rf"(?i)([\"']?\b[\w-]*(?:{_SENSITIVE_NAMES})[\w-]*[\"']?\s*[:=]\s*){_NOT_DONE}"
             r"(\"[^\"]*\"|'[^']*'|[^\s,;&}\])]+)"
         ),
         rf"\1{REDACTED}",
     ),
+    # The password of a URL (database, Redis): scheme://user:password@host.
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s@/]+@"), rf"\1{REDACTED}@"),
     # Shapes: LLM and Stripe keys, JWTs, password hashes, private keys.
     (
         re.compile(r"\b(sk|rk|pk_live|sk_live|sk_test|rk_live|rk_test|whsec)[-_][A-Za-z0-9_-]{8,}"),

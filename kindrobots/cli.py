@@ -32,6 +32,29 @@ def _serve(settings: Settings) -> None:
     run(settings)
 
 
+def _audit_verify(settings: Settings) -> int:
+    from kindrobots.db.audit_chain import verify
+    from kindrobots.db.engine import create_engine, create_sessionmaker
+
+    async def run() -> int:
+        engine = create_engine(settings)
+        try:
+            async with create_sessionmaker(engine)() as session:
+                report = await verify(session)
+        finally:
+            await engine.dispose()
+        for link in report.broken:
+            sys.stdout.write(
+                f"BROKEN organization {link.organization_id} at event {link.sequence} "
+                f"({link.event_id}): {link.reason}\n"
+            )
+        state = "intact" if not report.broken else f"{len(report.broken)} broken chain(s)"
+        sys.stdout.write(f"audit log: {report.checked} events checked, {state}\n")
+        return 1 if report.broken else 0
+
+    return asyncio.run(run())
+
+
 def _schema() -> None:
     from kindrobots.schema import build_schema
 
@@ -52,6 +75,9 @@ def parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("keys", help="key management")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
     key_commands.add_parser("generate", help="print fresh KR_ENCRYPTION_KEYS and KR_SIGNING_KEYS")
+    audit = commands.add_parser("audit", help="audit log tools")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    audit_commands.add_parser("verify", help="check every organization's audit hash chain")
     return root
 
 
@@ -73,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings)
     if args.command == "migrate":
         _migrate(settings)
+    elif args.command == "audit":
+        return _audit_verify(settings)
     else:
         _serve(settings)
     return 0

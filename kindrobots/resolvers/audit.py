@@ -10,13 +10,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kindrobots.auth.roles import Role
 from kindrobots.context import RequestContext
+from kindrobots.db import audit_chain
 from kindrobots.db.models import AuditEvent
 from kindrobots.db.pagination import Page, paginate
 from kindrobots.resolvers.access import member_organizations, require_role, require_viewer
 from kindrobots.security.errors import NotFound
 
 
-def record(
+async def record(
     session: AsyncSession,
     ctx: RequestContext,
     *,
@@ -37,8 +38,7 @@ def record(
         ip=ctx.ip,
         created_at=ctx.now(),
     )
-    session.add(event)
-    return event
+    return await audit_chain.append(session, event)
 
 
 async def list_events(

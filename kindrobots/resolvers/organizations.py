@@ -46,7 +46,7 @@ async def insert_organization(
             created_at=ctx.now(),
         )
     )
-    audit.record(
+    await audit.record(
         session,
         ctx,
         organization_id=organization.id,
@@ -204,7 +204,7 @@ async def invite_member(
         )
         session.add(invitation)
         await session.flush()
-        audit.record(
+        await audit.record(
             session,
             ctx,
             organization_id=organization_id,
@@ -244,7 +244,7 @@ async def accept_invitation(ctx: RequestContext, token: str) -> Membership:
         )
         session.add(membership)
         await session.flush()
-        audit.record(
+        await audit.record(
             session,
             ctx,
             organization_id=invitation.organization_id,
@@ -294,7 +294,7 @@ async def update_member_role(
         if demotes_owner and await _owner_count(session, organization_id) <= 1:
             raise Conflict(LAST_OWNER)
         membership.role = role.value
-        audit.record(
+        await audit.record(
             session,
             ctx,
             organization_id=organization_id,
@@ -321,7 +321,7 @@ async def remove_member(
             if await _owner_count(session, organization_id) <= 1:
                 raise Conflict(LAST_OWNER)
         await session.delete(membership)
-        audit.record(
+        await audit.record(
             session,
             ctx,
             organization_id=organization_id,

@@ -77,6 +77,10 @@ async def sign_up(
             return await _start_session(session, ctx, user)
     except IntegrityError:
         # Two sign-ups with one email raced; the loser hears what it would have heard later.
+        # Any other constraint is not the caller's doing: never blame their email for it.
+        async with ctx.services.read() as session:
+            if await session.scalar(select(User.id).where(User.email == email)) is None:
+                raise
         raise Conflict("An account with this email already exists.") from None
 
 

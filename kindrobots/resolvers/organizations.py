@@ -7,8 +7,7 @@ import secrets
 import uuid
 from datetime import timedelta
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kindrobots.auth.roles import Role, Tier
@@ -29,7 +28,8 @@ LAST_OWNER = "An organization must keep at least one owner."
 
 def _slug(name: str) -> str:
     base = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:60] or "org"
-    return f"{base}-{secrets.token_hex(3)}"
+    # 48 random bits: slugs stay unique among millions of organizations with one name.
+    return f"{base}-{secrets.token_hex(6)}"
 
 
 async def insert_organization(
@@ -62,11 +62,8 @@ async def insert_organization(
 async def create_organization(ctx: RequestContext, name: str) -> Organization:
     viewer = await require_viewer(ctx)
     name = validation.text(name, "name", 100)
-    try:
-        async with ctx.services.write() as session:
-            return await insert_organization(session, ctx, viewer.user, name)
-    except IntegrityError:
-        raise Conflict("That name is taken; try again.") from None
+    async with ctx.services.write() as session:
+        return await insert_organization(session, ctx, viewer.user, name)
 
 
 async def get_organization(ctx: RequestContext, organization_id: uuid.UUID) -> Organization:
@@ -127,7 +124,19 @@ async def list_memberships(ctx: RequestContext) -> list[Membership]:
 
 
 async def _lock_organization(session: AsyncSession, organization_id: uuid.UUID) -> Organization:
-    """Serialise seat-changing writes of one organization (row lock on PostgreSQL)."""
+    """Serialise seat- and owner-changing writes of one organization.
+
+    PostgreSQL takes a row lock. SQLite ignores FOR UPDATE, and its driver opens the
+    transaction only at the first write, so the seat and owner counts that follow would
+    race a concurrent writer; a no-op UPDATE takes SQLite's write lock here instead.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        await session.execute(
+            update(Organization)
+            .where(Organization.id == organization_id)
+            .values(tier=Organization.tier)
+            .execution_options(synchronize_session=False)
+        )
     organization = await session.scalar(
         select(Organization).where(Organization.id == organization_id).with_for_update()
     )
@@ -232,10 +241,18 @@ async def accept_invitation(ctx: RequestContext, token: str) -> Membership:
         if invitation is None or invitation.email != viewer.user.email:
             raise NotFound(INVALID_INVITATION)
         organization = await _lock_organization(session, invitation.organization_id)
+        # Claim it under the lock: a concurrent acceptance may have spent it meanwhile.
+        claimed = await session.execute(
+            update(Invitation)
+            .where(Invitation.id == invitation.id, Invitation.accepted_at.is_(None))
+            .values(accepted_at=ctx.now())
+            .execution_options(synchronize_session=False)
+        )
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            raise NotFound(INVALID_INVITATION)
         if invitation.organization_id in viewer.roles:
             raise Conflict("You are already a member of this organization.")
         await _check_seats(session, ctx, organization, count_pending=False)
-        invitation.accepted_at = ctx.now()
         membership = Membership(
             organization_id=invitation.organization_id,
             user_id=viewer.user.id,

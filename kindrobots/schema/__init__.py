@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.config import StrawberryConfig
+from strawberry.schema.schema import SubscriptionResult
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
@@ -35,6 +36,29 @@ class Schema(strawberry.Schema):
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
     ) -> None:
         """Unexpected errors are logged once, with their errorId, by ``PublicErrors``."""
+
+    async def subscribe(
+        self,
+        query: str | None,
+        variable_values: dict[str, Any] | None = None,
+        context_value: Any | None = None,
+        root_value: Any | None = None,
+        operation_name: str | None = None,
+        operation_extensions: dict[str, Any] | None = None,
+    ) -> SubscriptionResult:
+        """Any operation, not only subscriptions: the legacy ``graphql-ws`` protocol's ``start``
+        runs queries and mutations too, and Strawberry's handler for it calls this method."""
+        return cast(
+            "SubscriptionResult",
+            await self.stream(
+                query,
+                variable_values=variable_values,
+                context_value=context_value,
+                root_value=root_value,
+                operation_name=operation_name,
+                operation_extensions=operation_extensions,
+            ),
+        )
 
 
 def build_schema(*, production: bool = False) -> Schema:

@@ -55,6 +55,25 @@ def _audit_verify(settings: Settings) -> int:
     return asyncio.run(run())
 
 
+def _keys_rotate(settings: Settings, batch_size: int) -> int:
+    from kindrobots.resolvers.credentials import rotate_keys
+    from kindrobots.server import create_services
+
+    async def run() -> int:
+        services = create_services(settings)
+        try:
+            report = await rotate_keys(services, batch_size)
+        finally:
+            await services.engine.dispose()
+        sys.stdout.write(
+            f"re-encrypted {report.rotated}, already under {services.keyring.active_key_id} "
+            f"{report.current}, failed {report.failed}\n"
+        )
+        return 1 if report.failed else 0
+
+    return asyncio.run(run())
+
+
 def _schema() -> None:
     from kindrobots.schema import build_schema
 
@@ -75,6 +94,10 @@ def parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("keys", help="key management")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
     key_commands.add_parser("generate", help="print fresh KR_ENCRYPTION_KEYS and KR_SIGNING_KEYS")
+    rotate = key_commands.add_parser(
+        "rotate", help="re-encrypt every stored secret under the first KR_ENCRYPTION_KEYS key"
+    )
+    rotate.add_argument("--batch-size", type=int, default=100)
     audit = commands.add_parser("audit", help="audit log tools")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     audit_commands.add_parser("verify", help="check every organization's audit hash chain")
@@ -86,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "schema":
         _schema()
         return 0
-    if args.command == "keys":
+    if args.command == "keys" and args.keys_command == "generate":
         _keys_generate()
         return 0
     try:
@@ -101,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         _migrate(settings)
     elif args.command == "audit":
         return _audit_verify(settings)
+    elif args.command == "keys":
+        return _keys_rotate(settings, args.batch_size)
     else:
         _serve(settings)
     return 0

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from kindrobots.auth.roles import Role
 from kindrobots.auth.tokens import TokenSigner
 from kindrobots.config import Settings
+from kindrobots.security.crypto import KeyRing
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -32,6 +33,7 @@ class Services:
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
     signer: TokenSigner
+    keyring: KeyRing
     redis: Redis | None = None
 
     @asynccontextmanager

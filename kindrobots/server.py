@@ -20,8 +20,10 @@ from kindrobots.auth.tokens import TokenSigner
 from kindrobots.config import Settings
 from kindrobots.context import Cookie, RequestContext, Services
 from kindrobots.db.engine import create_engine, create_sessionmaker
+from kindrobots.resolvers.access import current_viewer
 from kindrobots.schema import build_schema
 from kindrobots.security.client_ip import client_ip
+from kindrobots.security.crypto import KeyRing
 
 logger = logging.getLogger("kindrobots.server")
 
@@ -107,9 +109,10 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
             params.get("accessToken") if isinstance(params.get("accessToken"), str) else None
         )
         if token:
-            if self.services.signer.verify(token) is None:
-                raise ConnectionRejectionError()
             context.access_token, context.auth_source = token, "connection"
+            # Refuse a token that is forged, expired or whose session was signed out.
+            if await current_viewer(context) is None:
+                raise ConnectionRejectionError()
         return None
 
     async def create_websocket_response(
@@ -204,6 +207,7 @@ def create_services(settings: Settings) -> Services:
             issuer=settings.public_url,
             ttl=timedelta(seconds=settings.access_token_ttl),
         ),
+        keyring=KeyRing(settings.encryption_keys),
         redis=redis,
     )
 

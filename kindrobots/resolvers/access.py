@@ -9,7 +9,16 @@ from sqlalchemy import Select, and_, select
 
 from kindrobots.auth.roles import Role
 from kindrobots.context import RequestContext, Viewer
-from kindrobots.db.models import AuthSession, Membership, User
+from kindrobots.db.models import (
+    Agent,
+    AuditEvent,
+    AuthSession,
+    LlmCredential,
+    Manifest,
+    Membership,
+    Project,
+    User,
+)
 from kindrobots.security.errors import Forbidden, NotFound, Unauthenticated
 
 
@@ -74,3 +83,29 @@ async def require_role(ctx: RequestContext, organization_id: uuid.UUID, role: Ro
 def member_organizations(viewer: Viewer) -> Select[uuid.UUID]:
     """Organization IDs the caller belongs to, as SQL, for scoping every tenant query."""
     return select(Membership.organization_id).where(Membership.user_id == viewer.user.id)
+
+
+async def organization_of(ctx: RequestContext, type_name: str, raw_id: uuid.UUID) -> uuid.UUID:
+    """The organization owning an object, if the caller belongs to it; else NOT_FOUND."""
+    model = OWNED_MODELS.get(type_name)
+    if model is None:
+        raise NotFound()
+    viewer = await require_viewer(ctx)
+    async with ctx.services.read() as session:
+        organization_id = await session.scalar(
+            select(model.organization_id).where(
+                model.id == raw_id, model.organization_id.in_(member_organizations(viewer))
+            )
+        )
+    if organization_id is None:
+        raise NotFound()
+    return organization_id
+
+
+OWNED_MODELS: dict[str, type[Agent | AuditEvent | LlmCredential | Manifest | Project]] = {
+    "Agent": Agent,
+    "AuditEvent": AuditEvent,
+    "LlmCredential": LlmCredential,
+    "Manifest": Manifest,
+    "Project": Project,
+}

@@ -12,13 +12,27 @@ from strawberry.schema.schema import SubscriptionResult
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
+from kindrobots.schema.agents import AgentMutation
 from kindrobots.schema.auth import AuthMutation, AuthQuery
+from kindrobots.schema.credentials import CredentialMutation
+from kindrobots.schema.manifests import ManifestMutation
 from kindrobots.schema.node import NodeQuery
 from kindrobots.schema.organizations import OrganizationMutation, OrganizationQuery
+from kindrobots.schema.projects import ProjectMutation
 from kindrobots.security.errors import PublicErrors
 
 Query = merge_types("Query", (NodeQuery, AuthQuery, OrganizationQuery))
-Mutation = merge_types("Mutation", (AuthMutation, OrganizationMutation))
+Mutation = merge_types(
+    "Mutation",
+    (
+        AuthMutation,
+        OrganizationMutation,
+        CredentialMutation,
+        AgentMutation,
+        ManifestMutation,
+        ProjectMutation,
+    ),
+)
 
 
 class OperationScope(SchemaExtension):

@@ -9,11 +9,15 @@ import strawberry
 
 from kindrobots.context import RequestContext
 from kindrobots.ids import parse_global_id
-from kindrobots.resolvers import audit, organizations
+from kindrobots.resolvers import agents, audit, credentials, manifests, organizations, projects
+from kindrobots.schema.agents import AgentType
 from kindrobots.schema.audit import AuditEventType
 from kindrobots.schema.base import Info, Node
+from kindrobots.schema.credentials import LlmCredentialType
+from kindrobots.schema.manifests import ManifestType
 from kindrobots.schema.organizations import OrganizationType
 from kindrobots.schema.permissions import IsAuthenticated
+from kindrobots.schema.projects import ProjectType
 from kindrobots.schema.users import UserType
 from kindrobots.security.errors import NotFound
 
@@ -32,10 +36,30 @@ async def _audit_event(ctx: RequestContext, raw_id: uuid.UUID) -> Node:
     return AuditEventType.from_row(await audit.get_event(ctx, raw_id))
 
 
+async def _agent(ctx: RequestContext, raw_id: uuid.UUID) -> Node:
+    return AgentType.from_row(await agents.get_agent(ctx, raw_id))
+
+
+async def _manifest(ctx: RequestContext, raw_id: uuid.UUID) -> Node:
+    return ManifestType.from_row(await manifests.get_manifest(ctx, raw_id))
+
+
+async def _project(ctx: RequestContext, raw_id: uuid.UUID) -> Node:
+    return ProjectType.from_row(await projects.get_project(ctx, raw_id))
+
+
+async def _credential(ctx: RequestContext, raw_id: uuid.UUID) -> Node:
+    return LlmCredentialType.from_row(await credentials.get_credential(ctx, raw_id))
+
+
 FETCHERS: dict[str, Fetch] = {
     "Organization": _organization,
     "User": _user,
     "AuditEvent": _audit_event,
+    "Agent": _agent,
+    "Manifest": _manifest,
+    "Project": _project,
+    "LlmCredential": _credential,
 }
 
 

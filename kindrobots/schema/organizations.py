@@ -11,11 +11,15 @@ from kindrobots.auth.roles import Role, Tier
 from kindrobots.billing.plans import Plan, plans
 from kindrobots.db import models
 from kindrobots.ids import from_global_id, to_global_id
-from kindrobots.resolvers import audit, organizations
+from kindrobots.resolvers import agents, audit, credentials, manifests, organizations, projects
 from kindrobots.resolvers.loaders import loaders
+from kindrobots.schema.agents import AgentType
 from kindrobots.schema.audit import AuditEventType
 from kindrobots.schema.base import Connection, Info, Node, to_connection
+from kindrobots.schema.credentials import LlmCredentialType
+from kindrobots.schema.manifests import ManifestType
 from kindrobots.schema.permissions import IsAdmin, IsAuthenticated, IsViewer
+from kindrobots.schema.projects import ProjectType
 from kindrobots.schema.users import UserType
 
 strawberry.enum(Role)
@@ -111,6 +115,42 @@ class OrganizationType(Node):
             info.context, self.organization_id, 20 if first is None else first, after
         )
         return to_connection(page, MembershipType.from_row)
+
+    @strawberry.field(permission_classes=[IsViewer])
+    async def agents(
+        self,
+        info: Info,
+        first: int | None = 20,
+        after: str | None = None,
+        search: str | None = None,
+    ) -> Connection[AgentType]:
+        page = await agents.list_agents(
+            info.context, self.organization_id, 20 if first is None else first, after, search
+        )
+        return to_connection(page, AgentType.from_row)
+
+    @strawberry.field(permission_classes=[IsViewer])
+    async def manifests(
+        self, info: Info, first: int | None = 20, after: str | None = None
+    ) -> Connection[ManifestType]:
+        page = await manifests.list_manifests(
+            info.context, self.organization_id, 20 if first is None else first, after
+        )
+        return to_connection(page, ManifestType.from_row)
+
+    @strawberry.field(permission_classes=[IsViewer])
+    async def projects(
+        self, info: Info, first: int | None = 20, after: str | None = None
+    ) -> Connection[ProjectType]:
+        page = await projects.list_projects(
+            info.context, self.organization_id, 20 if first is None else first, after
+        )
+        return to_connection(page, ProjectType.from_row)
+
+    @strawberry.field(permission_classes=[IsAdmin])
+    async def llm_credentials(self, info: Info) -> list[LlmCredentialType]:
+        rows = await credentials.list_credentials(info.context, self.organization_id)
+        return [LlmCredentialType.from_row(row) for row in rows]
 
     @strawberry.field(permission_classes=[IsAdmin])
     async def invitations(self, info: Info) -> list[InvitationType]:

@@ -1,8 +1,9 @@
 """Permission classes: every root field declares one, or sits on ``PUBLIC_FIELDS``.
 
 A role check needs the organization; it comes from the field's source object
-(``organization_id`` on types that belong to one) or from the arguments
-(``organizationId`` or ``input.organizationId``). Outsiders get NOT_FOUND, members
+(``organization_id`` on types that belong to one), from the arguments
+(``organizationId`` or ``input.organizationId``), or from the object an ``id``
+argument names (looked up within the caller's organizations). Outsiders get NOT_FOUND, members
 whose role is too weak get FORBIDDEN (see ``resolvers.access.require_role``).
 """
 
@@ -14,8 +15,8 @@ from typing import Any, ClassVar
 from strawberry.permission import BasePermission
 
 from kindrobots.auth.roles import Role
-from kindrobots.ids import from_global_id
-from kindrobots.resolvers.access import require_role, require_viewer
+from kindrobots.ids import from_global_id, parse_global_id
+from kindrobots.resolvers.access import organization_of, require_role, require_viewer
 from kindrobots.schema.base import Info
 
 # Root fields anyone may call, signed in or not. Everything else needs a permission class.
@@ -37,23 +38,27 @@ class IsAuthenticated(BasePermission):
         return True
 
 
-def _organization_of(source: Any, arguments: dict[str, Any]) -> uuid.UUID:
+async def _organization_of(info: Info, source: Any, arguments: dict[str, Any]) -> uuid.UUID:
     owned = getattr(source, "organization_id", None)
     if isinstance(owned, uuid.UUID):
         return owned
-    global_id = arguments.get("organization_id")
-    if global_id is None and "input" in arguments:
-        global_id = getattr(arguments["input"], "organization_id", None)
-    if not isinstance(global_id, str):
-        raise TypeError("role permission on a field without an organization")
-    return from_global_id(global_id, "Organization")
+    data = arguments.get("input")
+    global_id = arguments.get("organization_id") or getattr(data, "organization_id", None)
+    if isinstance(global_id, str):
+        return from_global_id(global_id, "Organization")
+    object_id = arguments.get("id") or getattr(data, "id", None)
+    if isinstance(object_id, str):
+        type_name, raw_id = parse_global_id(object_id)
+        return await organization_of(info.context, type_name, raw_id)
+    raise TypeError("role permission on a field without an organization")
 
 
 class HasRole(BasePermission):
     role: ClassVar[Role]
 
     async def has_permission(self, source: Any, info: Info, **kwargs: Any) -> bool:
-        await require_role(info.context, _organization_of(source, kwargs), self.role)
+        organization_id = await _organization_of(info, source, kwargs)
+        await require_role(info.context, organization_id, self.role)
         return True
 
 

@@ -84,14 +84,14 @@ def is_public(address: IPAddress) -> bool:
     )
 
 
-def _host_port(url: URL) -> tuple[str, int]:
+def _host_port(url: URL, field: str = "url") -> tuple[str, int]:
     if url.scheme not in ("http", "https"):
-        raise OutboundRefused("url", "Only http and https URLs are allowed.")
+        raise OutboundRefused(field, "Only http and https URLs are allowed.")
     if url.user is not None or url.password is not None:
-        raise OutboundRefused("url", "URLs must not contain credentials.")
+        raise OutboundRefused(field, "URLs must not contain credentials.")
     host = (url.raw_host or "").rstrip(".").lower()
     if not host:
-        raise OutboundRefused("url", "The URL has no host.")
+        raise OutboundRefused(field, "The URL has no host.")
     return host, url.port or (443 if url.scheme == "https" else 80)
 
 
@@ -99,28 +99,40 @@ def _allowed(host: str, port: int, allow: Iterable[str]) -> bool:
     return any(entry.lower() in (host, f"{host}:{port}") for entry in allow)
 
 
-async def resolve(host: str, port: int) -> list[IPAddress]:
+async def resolve(host: str, port: int, field: str = "url") -> list[IPAddress]:
     """Every address ``host`` resolves to (numeric spellings such as 0x7f.1 included)."""
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
-        raise OutboundFailed("url", "The host name could not be resolved.") from None
+        raise OutboundFailed(field, "The host name could not be resolved.") from None
     return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
 
 
-async def check_target(url: URL, allow: Iterable[str]) -> list[IPAddress]:
-    """The addresses that ``url`` may be fetched from, or OutboundRefused."""
-    host, port = _host_port(url)
+async def check_target(url: URL, allow: Iterable[str], field: str = "url") -> list[IPAddress]:
+    """The addresses that ``url`` may be fetched from, or OutboundRefused naming ``field``."""
+    host, port = _host_port(url, field)
     allowed = _allowed(host, port, allow)
     if not allowed and (host in BLOCKED_NAMES or host.endswith(BLOCKED_SUFFIXES)):
-        raise OutboundRefused("url", "This address is not reachable from Kind Robots.")
-    addresses = await resolve(host.strip("[]"), port)
+        raise OutboundRefused(field, "This address is not reachable from Kind Robots.")
+    addresses = await resolve(host.strip("[]"), port, field)
     if not addresses:
-        raise OutboundFailed("url", "The host name could not be resolved.")
+        raise OutboundFailed(field, "The host name could not be resolved.")
     if not allowed and not all(is_public(address) for address in addresses):
-        raise OutboundRefused("url", "This address is not reachable from Kind Robots.")
+        raise OutboundRefused(field, "This address is not reachable from Kind Robots.")
     return addresses
+
+
+async def check_url(url: str, allow: Iterable[str], field: str) -> str:
+    """Validate a URL a customer stores for later outbound use (base URL, JWKS URL)."""
+    try:
+        parsed = URL(url)
+    except (ValueError, TypeError):
+        raise OutboundRefused(field, "The URL is not valid.") from None
+    if not parsed.is_absolute():
+        raise OutboundRefused(field, "The URL must be absolute.")
+    await check_target(parsed, allow, field)
+    return str(parsed)
 
 
 class _PinnedResolver(AbstractResolver):

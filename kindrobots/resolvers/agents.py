@@ -1,0 +1,233 @@
+"""Agents: a model, a system prompt, a credential and the manifests it may call."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kindrobots.auth.roles import Role
+from kindrobots.context import RequestContext
+from kindrobots.db.models import Agent, AgentManifest, LlmCredential, Manifest, Project
+from kindrobots.db.pagination import Page, paginate
+from kindrobots.ids import to_global_id
+from kindrobots.resolvers import audit, validation
+from kindrobots.resolvers.access import member_organizations, require_role, require_viewer
+from kindrobots.security.errors import BadUserInput, Conflict, NotFound
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,99}$")
+MAX_SYSTEM_PROMPT = 20_000
+MAX_MANIFESTS = 20
+
+
+@dataclass
+class AgentFields:
+    """Validated input; ``None`` on update means unchanged (clearing is explicit)."""
+
+    name: str | None = None
+    system_prompt: str | None = None
+    model: str | None = None
+    temperature: float | None = None
+    llm_credential_id: uuid.UUID | None = None
+    clear_credential: bool = False
+    manifest_ids: list[uuid.UUID] | None = None
+
+
+def validate(fields: AgentFields) -> AgentFields:
+    if fields.name is not None:
+        fields.name = validation.text(fields.name, "name", 100)
+    if fields.system_prompt is not None and len(fields.system_prompt) > MAX_SYSTEM_PROMPT:
+        raise BadUserInput("systemPrompt", f"At most {MAX_SYSTEM_PROMPT} characters.")
+    if fields.model is not None:
+        fields.model = fields.model.strip()
+        if not MODEL_NAME.match(fields.model):
+            raise BadUserInput("model", "Enter a model name such as gpt-4o or claude-sonnet-4.")
+    if fields.temperature is not None and not 0.0 <= fields.temperature <= 2.0:
+        raise BadUserInput("temperature", "Temperature must be between 0 and 2.")
+    if fields.manifest_ids is not None:
+        if len(fields.manifest_ids) > MAX_MANIFESTS:
+            raise BadUserInput("manifestIds", f"At most {MAX_MANIFESTS} manifests per agent.")
+        fields.manifest_ids = list(dict.fromkeys(fields.manifest_ids))
+    return fields
+
+
+async def _check_references(
+    session: AsyncSession, organization_id: uuid.UUID, fields: AgentFields
+) -> None:
+    """A credential or manifest of another organization is NOT_FOUND, like a missing one."""
+    if fields.llm_credential_id is not None:
+        found = await session.scalar(
+            select(LlmCredential.id).where(
+                LlmCredential.id == fields.llm_credential_id,
+                LlmCredential.organization_id == organization_id,
+            )
+        )
+        if found is None:
+            raise NotFound("The LLM credential was not found.")
+    if fields.manifest_ids:
+        found_ids = set(
+            (
+                await session.scalars(
+                    select(Manifest.id).where(
+                        Manifest.id.in_(fields.manifest_ids),
+                        Manifest.organization_id == organization_id,
+                    )
+                )
+            ).all()
+        )
+        if found_ids != set(fields.manifest_ids):
+            raise NotFound("A manifest was not found.")
+
+
+async def _set_manifests(
+    session: AsyncSession, agent: Agent, manifest_ids: list[uuid.UUID]
+) -> None:
+    await session.execute(delete(AgentManifest).where(AgentManifest.agent_id == agent.id))
+    session.add_all(
+        AgentManifest(
+            agent_id=agent.id,
+            manifest_id=manifest_id,
+            organization_id=agent.organization_id,
+            position=position,
+        )
+        for position, manifest_id in enumerate(manifest_ids)
+    )
+
+
+async def create_agent(
+    ctx: RequestContext, organization_id: uuid.UUID, fields: AgentFields
+) -> Agent:
+    await require_role(ctx, organization_id, Role.EDITOR)
+    viewer = await require_viewer(ctx)
+    fields = validate(fields)
+    assert fields.name is not None and fields.model is not None
+    now = ctx.now()
+    async with ctx.services.write() as session:
+        await _check_references(session, organization_id, fields)
+        agent = Agent(
+            organization_id=organization_id,
+            name=fields.name,
+            system_prompt=fields.system_prompt or "",
+            model=fields.model,
+            temperature=0.7 if fields.temperature is None else fields.temperature,
+            llm_credential_id=fields.llm_credential_id,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(agent)
+        await session.flush()
+        await _set_manifests(session, agent, fields.manifest_ids or [])
+        await audit.record(
+            session,
+            ctx,
+            organization_id=organization_id,
+            actor_id=viewer.user.id,
+            action="agent.create",
+            target_type="Agent",
+            target_id=to_global_id("Agent", agent.id),
+            details={"name": agent.name, "model": agent.model},
+        )
+    return agent
+
+
+async def _scoped(session: AsyncSession, ctx: RequestContext, agent_id: uuid.UUID) -> Agent:
+    viewer = await require_viewer(ctx)
+    agent = await session.scalar(
+        select(Agent).where(
+            Agent.id == agent_id, Agent.organization_id.in_(member_organizations(viewer))
+        )
+    )
+    if agent is None:
+        raise NotFound()
+    return agent
+
+
+async def get_agent(ctx: RequestContext, agent_id: uuid.UUID) -> Agent:
+    async with ctx.services.read() as session:
+        return await _scoped(session, ctx, agent_id)
+
+
+async def update_agent(ctx: RequestContext, agent_id: uuid.UUID, fields: AgentFields) -> Agent:
+    viewer = await require_viewer(ctx)
+    fields = validate(fields)
+    async with ctx.services.write() as session:
+        agent = await _scoped(session, ctx, agent_id)
+        await require_role(ctx, agent.organization_id, Role.EDITOR)
+        await _check_references(session, agent.organization_id, fields)
+        changed = []
+        for name in ("name", "system_prompt", "model", "temperature", "llm_credential_id"):
+            value = getattr(fields, name)
+            if value is not None and value != getattr(agent, name):
+                setattr(agent, name, value)
+                changed.append(name)
+        if fields.clear_credential and agent.llm_credential_id is not None:
+            agent.llm_credential_id = None
+            changed.append("llm_credential_id")
+        if fields.manifest_ids is not None:
+            await _set_manifests(session, agent, fields.manifest_ids)
+            changed.append("manifests")
+        agent.updated_at = ctx.now()
+        await audit.record(
+            session,
+            ctx,
+            organization_id=agent.organization_id,
+            actor_id=viewer.user.id,
+            action="agent.update",
+            target_type="Agent",
+            target_id=to_global_id("Agent", agent.id),
+            details={"changed": changed},
+        )
+    return agent
+
+
+async def delete_agent(ctx: RequestContext, agent_id: uuid.UUID) -> bool:
+    viewer = await require_viewer(ctx)
+    async with ctx.services.write() as session:
+        agent = await _scoped(session, ctx, agent_id)
+        await require_role(ctx, agent.organization_id, Role.EDITOR)
+        projects = await session.scalar(
+            select(func.count()).select_from(Project).where(Project.agent_id == agent.id)
+        )
+        if projects:
+            raise Conflict(f"The agent is used by {projects} project(s); delete those first.")
+        await session.delete(agent)
+        await audit.record(
+            session,
+            ctx,
+            organization_id=agent.organization_id,
+            actor_id=viewer.user.id,
+            action="agent.delete",
+            target_type="Agent",
+            target_id=to_global_id("Agent", agent.id),
+            details={"name": agent.name},
+        )
+    return True
+
+
+def _like_pattern(search: str) -> str:
+    escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+async def list_agents(
+    ctx: RequestContext,
+    organization_id: uuid.UUID,
+    first: int,
+    after: str | None,
+    search: str | None,
+) -> Page[Agent]:
+    await require_role(ctx, organization_id, Role.VIEWER)
+    viewer = await require_viewer(ctx)
+    statement = select(Agent).where(
+        Agent.organization_id == organization_id,
+        Agent.organization_id.in_(member_organizations(viewer)),
+    )
+    if search and search.strip():
+        if len(search) > 100:
+            raise BadUserInput("search", "Search for at most 100 characters.")
+        statement = statement.where(Agent.name.ilike(_like_pattern(search.strip()), escape="\\"))
+    async with ctx.services.read() as session:
+        return await paginate(session, statement, Agent.created_at, Agent.id, first, after)

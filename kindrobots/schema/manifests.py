@@ -1,0 +1,105 @@
+"""Manifests and their operations."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import strawberry
+from strawberry.scalars import JSON
+
+from kindrobots.db import models
+from kindrobots.ids import from_global_id, to_global_id
+from kindrobots.resolvers import manifests
+from kindrobots.resolvers.loaders import loaders
+from kindrobots.schema.base import Info, Node
+from kindrobots.schema.permissions import IsEditor
+
+
+@strawberry.type
+class ManifestOperation:
+    operation_id: str
+    method: str
+    path: str
+    summary: str | None
+    parameters: JSON = strawberry.field(description="JSON Schema of the call's arguments.")
+
+
+@strawberry.type(name="Manifest")
+class ManifestType(Node):
+    name: str
+    version: int
+    created_at: datetime
+    organization_id: strawberry.Private[uuid.UUID]
+    manifest_id: strawberry.Private[uuid.UUID]
+
+    @strawberry.field(description="Where the newest version was imported from.")
+    async def source_url(self, info: Info) -> str | None:
+        latest = await loaders(info.context).latest_version.load(self.manifest_id)
+        return latest.source_url if latest else None
+
+    @strawberry.field(description="The operations of the newest version.")
+    async def operations(self, info: Info) -> list[ManifestOperation]:
+        latest = await loaders(info.context).latest_version.load(self.manifest_id)
+        return [
+            ManifestOperation(
+                operation_id=op["operationId"],
+                method=op["method"],
+                path=op["path"],
+                summary=op.get("summary"),
+                parameters=JSON(op["parameters"]),
+            )
+            for op in (latest.operations if latest else [])
+        ]
+
+    @classmethod
+    def from_row(cls, row: models.Manifest) -> ManifestType:
+        return cls(
+            id=strawberry.ID(to_global_id("Manifest", row.id)),
+            name=row.name,
+            version=row.version,
+            created_at=row.created_at,
+            organization_id=row.organization_id,
+            manifest_id=row.id,
+        )
+
+
+@strawberry.input
+class CreateManifestInput:
+    organization_id: strawberry.ID
+    name: str
+    openapi: str = strawberry.field(description="An OpenAPI 3.0 or 3.1 document, JSON or YAML.")
+
+
+@strawberry.input
+class ImportManifestInput:
+    organization_id: strawberry.ID
+    name: str
+    url: str
+
+
+@strawberry.type
+class ManifestMutation:
+    @strawberry.mutation(permission_classes=[IsEditor])
+    async def create_manifest(self, info: Info, input: CreateManifestInput) -> ManifestType:
+        row = await manifests.create_manifest(
+            info.context,
+            from_global_id(input.organization_id, "Organization"),
+            input.name,
+            input.openapi,
+        )
+        return ManifestType.from_row(row)
+
+    @strawberry.mutation(permission_classes=[IsEditor])
+    async def import_manifest(self, info: Info, input: ImportManifestInput) -> ManifestType:
+        row = await manifests.import_manifest(
+            info.context,
+            from_global_id(input.organization_id, "Organization"),
+            input.name,
+            input.url,
+        )
+        return ManifestType.from_row(row)
+
+    @strawberry.mutation(permission_classes=[IsEditor])
+    async def delete_manifest(self, info: Info, id: strawberry.ID) -> bool:
+        return await manifests.delete_manifest(info.context, from_global_id(id, "Manifest"))

@@ -12,7 +12,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -24,6 +24,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 from sqlalchemy import event, text, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from kindrobots.config import Settings, format_keys, generate_key, load_settings
@@ -63,12 +64,23 @@ def require_service(name: str, url: str, default_port: int) -> None:
     pytest.skip(f"{name} not reachable at {url}")
 
 
-async def reset_postgres(url: str) -> None:
-    engine = create_async_engine(url)
-    async with engine.begin() as connection:
-        await connection.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
-        await connection.execute(text("CREATE SCHEMA public"))
-    await engine.dispose()
+@asynccontextmanager
+async def scratch_database() -> AsyncIterator[str]:
+    """A PostgreSQL database of this test run alone, dropped afterwards.
+
+    Test runs that share one server (developers, helpers, CI) never see each
+    other's rows, and nothing outside ``kr_test_*`` databases is touched.
+    """
+    name = f"kr_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin = create_async_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as connection:
+            await connection.execute(text(f'CREATE DATABASE "{name}"'))
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        async with admin.connect() as connection:
+            await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()
 
 
 def make_settings(tmp: Path, backend: str, **overrides: Any) -> Settings:
@@ -194,12 +206,16 @@ def backend(request: pytest.FixtureRequest) -> str:
 async def server(
     backend: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[RunningServer]:
-    if backend == "postgresql":
-        await reset_postgres(POSTGRES_URL)
-    settings = make_settings(tmp_path_factory.mktemp(backend), backend)
-    runner, running = await start_server(settings)
-    yield running
-    await runner.cleanup()
+    tmp = tmp_path_factory.mktemp(backend)
+    if backend == "sqlite":
+        runner, running = await start_server(make_settings(tmp, backend))
+        yield running
+        await runner.cleanup()
+        return
+    async with scratch_database() as url:
+        runner, running = await start_server(make_settings(tmp, backend, database_url=url))
+        yield running
+        await runner.cleanup()
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -13,13 +13,14 @@ import secrets
 import uuid
 from typing import Any
 
+import aiohttp
 import pytest
 
 from kindrobots.ids import to_global_id
 from kindrobots.resolvers import auth as auth_resolvers
 from kindrobots.resolvers import organizations as organization_resolvers
 from kindrobots.schema import build_schema
-from tests.conftest import SIGN_UP, Client, Response, sign_up, unique_email
+from tests.conftest import SIGN_UP, Client, Response, RunningServer, sign_up, unique_email
 
 ORGANIZATION = "query Org($id: ID!) { organization(id: $id) { id name } }"
 SIGN_IN = """
@@ -281,3 +282,51 @@ async def test_production_hides_field_suggestions() -> None:
     assert not any("Did you mean" in message for message in messages), messages
     nested = await _messages(True, "{ me { user { emial } } }")
     assert not any("Did you mean" in message for message in nested), nested
+
+
+@pytest.mark.parametrize(
+    ("protocol", "start", "result"),
+    [("graphql-transport-ws", "subscribe", "next"), ("graphql-ws", "start", "data")],
+)
+async def test_unexpected_errors_are_masked_over_websockets(
+    client: Client,
+    server: RunningServer,
+    http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    protocol: str,
+    start: str,
+    result: str,
+) -> None:
+    account = await sign_up(client)
+    api_key = f"sk-live-{secrets.token_hex(16)}"
+
+    async def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError(f"upstream rejected key {api_key}")
+
+    monkeypatch.setattr(organization_resolvers, "get_organization", broken)
+    caplog.set_level(logging.INFO)
+    async with http.ws_connect(server.ws_url, protocols=[protocol]) as ws:
+        await ws.send_json(
+            {
+                "type": "connection_init",
+                "payload": {"authorization": f"Bearer {account.access_token}"},
+            }
+        )
+        assert (await ws.receive_json())["type"] == "connection_ack"
+        await ws.send_json(
+            {
+                "type": start,
+                "id": "1",
+                "payload": {"query": ORGANIZATION, "variables": {"id": account.organization_id}},
+            }
+        )
+        message = await ws.receive_json()
+        while message["type"] == "ka":
+            message = await ws.receive_json()
+    assert message["type"] == result, message
+    (error,) = message["payload"]["errors"]
+    assert error["message"] == "Unexpected error."
+    assert set(error["extensions"]) == {"code", "errorId"}
+    assert api_key not in json.dumps(message)
+    assert_logged_without(caplog, error["extensions"]["errorId"], api_key)

@@ -116,11 +116,25 @@ def public_error(error: GraphQLError) -> GraphQLError:
 
 
 class PublicErrors(SchemaExtension):
-    """Rewrites every error of a result into the public family before it leaves."""
+    """Rewrites every error of a result into the public family before it leaves.
+
+    Streamed results (subscriptions, WebSocket operations) are rewritten one by
+    one as they are yielded; the final rewrite then skips them.
+    """
 
     def on_operation(self) -> Iterator[None]:
+        self._streamed = False
         yield
-        result = self.execution_context.result
-        errors = getattr(result, "errors", None)
-        if result is not None and errors:
-            result.errors = [public_error(error) for error in errors]
+        if not self._streamed:
+            _rewrite(self.execution_context.result)
+
+    def on_stream_result(self, result: Any) -> Iterator[None]:
+        self._streamed = True
+        _rewrite(result)
+        yield
+
+
+def _rewrite(result: Any) -> None:
+    errors = getattr(result, "errors", None)
+    if result is not None and errors:
+        result.errors = [public_error(error) for error in errors]

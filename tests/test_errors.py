@@ -285,6 +285,22 @@ async def test_production_hides_field_suggestions() -> None:
 
 
 @pytest.mark.parametrize(
+    "document",
+    [
+        'mutation { signIn(inptu: {email: "a@b.co", password: "x"}) { accessToken } }',
+        'mutation { signIn(input: {emial: "a@b.co", password: "x"}) { accessToken } }',
+        "query($r: Rol) { plans { tier } }",
+        '{ organization(id: "x") { ... on Organizaton { id } } }',
+    ],
+)
+async def test_production_hides_every_kind_of_suggestion(document: str) -> None:
+    """Argument, input-field and type names are schema too; development still hints them."""
+    assert any("Did you mean" in message for message in await _messages(False, document))
+    hidden = await _messages(True, document)
+    assert hidden and not any("Did you mean" in message for message in hidden), hidden
+
+
+@pytest.mark.parametrize(
     ("protocol", "start", "result"),
     [("graphql-transport-ws", "subscribe", "next"), ("graphql-ws", "start", "data")],
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, cast
 
 import strawberry
@@ -79,6 +80,7 @@ def build_schema(*, production: bool = False) -> Schema:
     return Schema(
         query=Query,
         mutation=Mutation,
-        extensions=[OperationScope, PublicErrors],
+        # A factory, not an instance: extensions keep per-operation state.
+        extensions=[OperationScope, partial(PublicErrors, hide_suggestions=production)],
         config=StrawberryConfig(disable_field_suggestions=production),
     )

@@ -8,6 +8,7 @@ detail goes to the server log under that id (through the redaction filter).
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -72,8 +73,15 @@ class Conflict(PublicError):
     default_message = "This conflicts with the current state."
 
 
-def public_error(error: GraphQLError) -> GraphQLError:
-    """The client-facing version of ``error``; masks and logs anything unexpected."""
+SUGGESTION = re.compile(r"\s*Did you mean [^?]*\?")
+
+
+def public_error(error: GraphQLError, hide_suggestions: bool = False) -> GraphQLError:
+    """The client-facing version of ``error``; masks and logs anything unexpected.
+
+    ``hide_suggestions`` drops graphql-core's "Did you mean …?" hints, which
+    spell out the schema to anyone probing it (production).
+    """
     original = error.original_error
     if isinstance(original, PublicError):
         return GraphQLError(
@@ -86,8 +94,9 @@ def public_error(error: GraphQLError) -> GraphQLError:
         )
     if original is None:
         # Raised by graphql-core itself while parsing or validating the document.
+        message = SUGGESTION.sub("", error.message) if hide_suggestions else error.message
         return GraphQLError(
-            error.message,
+            message,
             nodes=error.nodes,
             source=error.source,
             positions=error.positions,
@@ -96,7 +105,7 @@ def public_error(error: GraphQLError) -> GraphQLError:
         )
     if isinstance(original, GraphQLError) and original.original_error is None:
         # Variable coercion errors arrive wrapped; they are the client's input too.
-        return public_error(original)
+        return public_error(original, hide_suggestions)
     error_id = uuid.uuid4().hex
     logger.error(
         "unexpected error %s at %s",
@@ -122,19 +131,21 @@ class PublicErrors(SchemaExtension):
     one as they are yielded; the final rewrite then skips them.
     """
 
-    def on_operation(self) -> Iterator[None]:
+    def __init__(self, *, hide_suggestions: bool = False) -> None:
+        self.hide_suggestions = hide_suggestions
         self._streamed = False
+
+    def on_operation(self) -> Iterator[None]:
         yield
         if not self._streamed:
-            _rewrite(self.execution_context.result)
+            self._rewrite(self.execution_context.result)
 
     def on_stream_result(self, result: Any) -> Iterator[None]:
         self._streamed = True
-        _rewrite(result)
+        self._rewrite(result)
         yield
 
-
-def _rewrite(result: Any) -> None:
-    errors = getattr(result, "errors", None)
-    if result is not None and errors:
-        result.errors = [public_error(error) for error in errors]
+    def _rewrite(self, result: Any) -> None:
+        errors = getattr(result, "errors", None)
+        if result is not None and errors:
+            result.errors = [public_error(error, self.hide_suggestions) for error in errors]

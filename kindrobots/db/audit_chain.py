@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kindrobots.db.models import AuditEvent, Organization
+from kindrobots.db.locks import lock_organization
+from kindrobots.db.models import AuditEvent
 
 
 def event_hash(event: AuditEvent) -> str:
@@ -37,11 +38,9 @@ def event_hash(event: AuditEvent) -> str:
 
 async def append(session: AsyncSession, event: AuditEvent) -> AuditEvent:
     """Link ``event`` after the organization's newest one and add it to the session."""
-    # The organization row lock orders concurrent writers; locking the newest event
+    # The organization lock orders concurrent writers; locking the newest event
     # instead would let two writers both link to it once the first commits.
-    await session.execute(
-        select(Organization.id).where(Organization.id == event.organization_id).with_for_update()
-    )
+    await lock_organization(session, event.organization_id)
     newest = (
         await session.execute(
             select(AuditEvent.sequence, AuditEvent.hash)

@@ -87,14 +87,18 @@ async def sign_up(
 async def sign_in(ctx: RequestContext, email: str, password: str) -> SignedIn:
     register_secret(password)
     email = email.strip().lower()
-    async with ctx.services.write() as session:
+    async with ctx.services.read() as session:
         user = await session.scalar(select(User).where(User.email == email))
-        # Unknown email and wrong password cost the same hash and say the same words.
-        if not await verify_password(user.password_hash if user else None, password):
-            raise Unauthenticated(INVALID_CREDENTIALS)
-        assert user is not None
-        if needs_upgrade(user.password_hash):
-            user.password_hash = await hash_password(password)
+    # Unknown email and wrong password cost the same hash and say the same words.
+    # Hashing happens outside any transaction: no connection waits on Argon2.
+    if not await verify_password(user.password_hash if user else None, password):
+        raise Unauthenticated(INVALID_CREDENTIALS)
+    assert user is not None
+    upgraded = await hash_password(password) if needs_upgrade(user.password_hash) else None
+    async with ctx.services.write() as session:
+        user = await session.merge(user)
+        if upgraded:
+            user.password_hash = upgraded
         return await _start_session(session, ctx, user)
 
 

@@ -10,6 +10,7 @@ from yarl import URL
 
 from kindrobots.auth.roles import Role
 from kindrobots.context import RequestContext
+from kindrobots.db.locks import lock_organization
 from kindrobots.db.models import Manifest, ManifestVersion
 from kindrobots.db.pagination import Page, paginate
 from kindrobots.ids import to_global_id
@@ -42,10 +43,12 @@ async def create_manifest(
     document = await asyncio.to_thread(openapi.parse, document_text)
     now = ctx.now()
     async with ctx.services.write() as session:
+        # Two imports under one name must become versions 1 and 2, not a unique-key error.
+        await lock_organization(session, organization_id)
         manifest = await session.scalar(
-            select(Manifest)
-            .where(Manifest.organization_id == organization_id, Manifest.name == name)
-            .with_for_update()
+            select(Manifest).where(
+                Manifest.organization_id == organization_id, Manifest.name == name
+            )
         )
         if manifest is None:
             manifest = Manifest(organization_id=organization_id, name=name, version=1)

@@ -14,6 +14,7 @@ from kindrobots.auth.roles import Role, Tier
 from kindrobots.auth.tokens import hash_token, new_opaque_token
 from kindrobots.billing.plans import plan_for
 from kindrobots.context import RequestContext
+from kindrobots.db.locks import lock_organization
 from kindrobots.db.models import Invitation, Membership, Organization, User
 from kindrobots.db.pagination import Page, paginate
 from kindrobots.ids import to_global_id
@@ -124,22 +125,7 @@ async def list_memberships(ctx: RequestContext) -> list[Membership]:
 
 
 async def _lock_organization(session: AsyncSession, organization_id: uuid.UUID) -> Organization:
-    """Serialise seat- and owner-changing writes of one organization.
-
-    PostgreSQL takes a row lock. SQLite ignores FOR UPDATE, and its driver opens the
-    transaction only at the first write, so the seat and owner counts that follow would
-    race a concurrent writer; a no-op UPDATE takes SQLite's write lock here instead.
-    """
-    if session.get_bind().dialect.name == "sqlite":
-        await session.execute(
-            update(Organization)
-            .where(Organization.id == organization_id)
-            .values(tier=Organization.tier)
-            .execution_options(synchronize_session=False)
-        )
-    organization = await session.scalar(
-        select(Organization).where(Organization.id == organization_id).with_for_update()
-    )
+    organization = await lock_organization(session, organization_id)
     if organization is None:
         raise NotFound()
     return organization

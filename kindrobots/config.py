@@ -127,7 +127,8 @@ class Settings(BaseSettings):
     db_pool_timeout: float = Field(default=10.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text", ""] = ""
-    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Room for a 1 MB OpenAPI document (createManifest) in its JSON request, escapes included.
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
     shutdown_timeout: float = Field(default=10.0, ge=0)
 
     @field_validator("encryption_keys", "signing_keys", mode="before")

@@ -38,7 +38,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at, row_id = json.loads(raw)
-        return datetime.fromisoformat(created_at), uuid.UUID(row_id)
+        at = datetime.fromisoformat(created_at)
+        if at.tzinfo is None or not isinstance(row_id, str):
+            raise ValueError("not a cursor this server made")
+        return at, uuid.UUID(row_id)
     except (binascii.Error, ValueError, TypeError):
         raise BadUserInput("after", "The cursor is not valid.") from None
 

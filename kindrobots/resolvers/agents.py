@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kindrobots.auth.roles import Role
 from kindrobots.context import RequestContext
+from kindrobots.db.locks import lock_organization
 from kindrobots.db.models import Agent, AgentManifest, LlmCredential, Manifest, Project
 from kindrobots.db.pagination import Page, paginate
 from kindrobots.ids import to_global_id
@@ -106,6 +107,8 @@ async def create_agent(
     assert fields.name is not None and fields.model is not None
     now = ctx.now()
     async with ctx.services.write() as session:
+        # Under the lock a concurrent delete of the credential or a manifest cannot slip in.
+        await lock_organization(session, organization_id)
         await _check_references(session, organization_id, fields)
         agent = Agent(
             organization_id=organization_id,
@@ -156,6 +159,7 @@ async def update_agent(ctx: RequestContext, agent_id: uuid.UUID, fields: AgentFi
     async with ctx.services.write() as session:
         agent = await _scoped(session, ctx, agent_id)
         await require_role(ctx, agent.organization_id, Role.EDITOR)
+        await lock_organization(session, agent.organization_id)
         await _check_references(session, agent.organization_id, fields)
         changed = []
         for name in ("name", "system_prompt", "model", "temperature", "llm_credential_id"):
@@ -188,6 +192,8 @@ async def delete_agent(ctx: RequestContext, agent_id: uuid.UUID) -> bool:
     async with ctx.services.write() as session:
         agent = await _scoped(session, ctx, agent_id)
         await require_role(ctx, agent.organization_id, Role.EDITOR)
+        # Ordered with createProject/updateProject: a project cannot appear after the count.
+        await lock_organization(session, agent.organization_id)
         projects = await session.scalar(
             select(func.count()).select_from(Project).where(Project.agent_id == agent.id)
         )

@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 
 from kindrobots.auth.roles import Role
 from kindrobots.context import RequestContext, Services
+from kindrobots.db.locks import lock_organization
 from kindrobots.db.models import LlmCredential
 from kindrobots.ids import to_global_id
 from kindrobots.resolvers import audit, validation
@@ -109,6 +110,8 @@ async def delete_credential(ctx: RequestContext, credential_id: uuid.UUID) -> bo
     await require_role(ctx, row.organization_id, Role.ADMIN)
     viewer = await require_viewer(ctx)
     async with ctx.services.write() as session:
+        # Ordered with createAgent/updateAgent, which check that their credential exists.
+        await lock_organization(session, row.organization_id)
         await session.delete(await session.merge(row))
         await audit.record(
             session,
@@ -179,7 +182,9 @@ async def rotate_keys(services: Services, batch_size: int = 100) -> RotationRepo
                     )
                     .order_by(LlmCredential.id)
                     .limit(batch_size)
-                    .with_for_update(skip_locked=True)
+                    # Wait for a row in use (an agent being saved with it locks it); skipping
+                    # it would leave it under the old key while the run reports success.
+                    .with_for_update()
                 )
             ).all()
             if not rows:

@@ -129,6 +129,8 @@ async def delete_manifest(ctx: RequestContext, manifest_id: uuid.UUID) -> bool:
     await require_role(ctx, manifest.organization_id, Role.EDITOR)
     viewer = await require_viewer(ctx)
     async with ctx.services.write() as session:
+        # Ordered with createAgent/updateAgent, which check that their manifests exist.
+        await lock_organization(session, manifest.organization_id)
         await session.delete(await session.merge(manifest))
         await audit.record(
             session,

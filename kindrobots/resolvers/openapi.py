@@ -9,6 +9,7 @@ that each fail as BAD_USER_INPUT.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +64,14 @@ class _NoAliasLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
+def _timestamp_as_text(loader: _NoAliasLoader, node: yaml.ScalarNode) -> str:
+    """A manifest is stored as JSON: a YAML timestamp (``example: 2024-01-01``) stays its text."""
+    return str(loader.construct_scalar(node))
+
+
+_NoAliasLoader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_as_text)
+
+
 def _bad(message: str) -> BadUserInput:
     return BadUserInput(FIELD, message)
 
@@ -73,12 +82,16 @@ def load(text: str) -> dict[str, Any]:
         raise _bad(f"The document is larger than {MAX_DOCUMENT_BYTES // 1024} KB.")
     try:
         document = json.loads(text) if text.lstrip().startswith("{") else None
+    except RecursionError:
+        raise _bad(f"The document nests deeper than {MAX_NESTING} levels.") from None
     except ValueError:
         document = None
     if document is None:
         try:
             document = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - safe loader subclass
-        except (yaml.YAMLError, RecursionError):
+        except RecursionError:
+            raise _bad(f"The document nests deeper than {MAX_NESTING} levels.") from None
+        except yaml.YAMLError:
             raise _bad("The document is neither valid JSON nor valid YAML.") from None
     if not isinstance(document, dict):
         raise _bad("The document must be an OpenAPI object.")
@@ -87,15 +100,28 @@ def load(text: str) -> dict[str, Any]:
 
 
 def _check_nesting(document: Any) -> None:
+    """Within the nesting limit, and only values JSON can hold (YAML also has bytes, sets, NaN)."""
     stack: list[tuple[Any, int]] = [(document, 1)]
     while stack:
         node, depth = stack.pop()
         if depth > MAX_NESTING:
             raise _bad(f"The document nests deeper than {MAX_NESTING} levels.")
+        if not _json_value(node) or (
+            isinstance(node, dict) and not all(_json_value(key, scalar=True) for key in node)
+        ):
+            raise _bad("The document holds a value that JSON cannot represent.")
         children = (
             node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
         )
         stack.extend((child, depth + 1) for child in children)
+
+
+def _json_value(value: Any, *, scalar: bool = False) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict | list):
+        return not scalar
+    return value is None or isinstance(value, str | int)  # bool is an int
 
 
 def parse(text: str) -> Document:
@@ -160,7 +186,10 @@ def _operation(
 ) -> Operation:
     where = f"{method.upper()} {path}"
     merged: dict[tuple[str, str], dict[str, Any]] = {}
-    for raw in [*(shared if isinstance(shared, list) else []), *operation.get("parameters", [])]:
+    own = operation.get("parameters") or []
+    if not isinstance(own, list):
+        raise _bad(f"{where}: `parameters` must be a list.")
+    for raw in [*(shared if isinstance(shared, list) else []), *own]:
         parameter = resolver.deref(raw, where)
         if not isinstance(parameter, dict) or not isinstance(parameter.get("name"), str):
             raise _bad(f"{where}: every parameter needs a name.")

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kindrobots.auth.roles import Role
 from kindrobots.context import RequestContext
+from kindrobots.db.locks import lock_organization
 from kindrobots.db.models import Agent, Project
 from kindrobots.db.pagination import Page, paginate
 from kindrobots.ids import to_global_id
@@ -105,6 +106,8 @@ async def create_project(
     )
     _check_authenticated(project)
     async with ctx.services.write() as session:
+        # Ordered with deleteAgent: the agent cannot vanish between the check and the insert.
+        await lock_organization(session, organization_id)
         await _agent_in(session, organization_id, fields.agent_id)
         session.add(project)
         await session.flush()
@@ -147,6 +150,7 @@ async def update_project(
         project = await _scoped(session, ctx, project_id)
         await require_role(ctx, project.organization_id, Role.EDITOR)
         if fields.agent_id is not None:
+            await lock_organization(session, project.organization_id)
             await _agent_in(session, project.organization_id, fields.agent_id)
         changed = []
         for name in (

@@ -68,12 +68,39 @@ class PaymentRequired(PublicError):
     default_message = "Your plan does not allow this."
 
 
+class UpstreamError(PublicError):
+    """The customer's LLM provider failed; the message says how, never with a secret."""
+
+    code = "UPSTREAM_ERROR"
+    default_message = "The LLM provider failed."
+
+
 class Conflict(PublicError):
     code = "CONFLICT"
     default_message = "This conflicts with the current state."
 
 
 SUGGESTION = re.compile(r"\s*Did you mean [^?]*\?")
+
+# graphql-core repeats the client's input in some messages ("…, found: {…}.",
+# "String cannot represent a non string value: …", "Value '…' does not exist in …").
+# That input may be a secret sent in the wrong shape (an API key, a password), so
+# the echoed value is cut out; the type, field and path the message names remain.
+ECHOED_INPUT = (
+    (re.compile(r"(?:,\s*but encountered error|[,;]\s*found|\s*Found):.*\Z", re.S), ""),
+    (re.compile(r"(cannot represent [^:]*value):.*\Z", re.S), r"\1"),
+    (
+        re.compile(r"\bValue '.*' does not exist in '(\w+)' enum\.", re.S),
+        r"Value does not exist in '\1' enum.",
+    ),
+)
+
+
+def without_input(message: str) -> str:
+    """``message`` minus any value of the client's input it quotes."""
+    for pattern, replacement in ECHOED_INPUT:
+        message = pattern.sub(replacement, message, count=1)
+    return message if message.endswith((".", "?")) else message + "."
 
 
 def public_error(error: GraphQLError, hide_suggestions: bool = False) -> GraphQLError:
@@ -94,7 +121,8 @@ def public_error(error: GraphQLError, hide_suggestions: bool = False) -> GraphQL
         )
     if original is None:
         # Raised by graphql-core itself while parsing or validating the document.
-        message = SUGGESTION.sub("", error.message) if hide_suggestions else error.message
+        message = without_input(error.message)
+        message = SUGGESTION.sub("", message) if hide_suggestions else message
         return GraphQLError(
             message,
             nodes=error.nodes,

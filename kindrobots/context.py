@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -14,8 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from kindrobots.auth.roles import Role
 from kindrobots.auth.tokens import TokenSigner
+from kindrobots.broker import Broker
 from kindrobots.config import Settings
 from kindrobots.security.crypto import KeyRing
+from kindrobots.security.jwks import JwksCache
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -34,6 +36,8 @@ class Services:
     sessionmaker: async_sessionmaker[AsyncSession]
     signer: TokenSigner
     keyring: KeyRing
+    broker: Broker
+    jwks: JwksCache
     redis: Redis | None = None
 
     @asynccontextmanager
@@ -74,6 +78,11 @@ class RequestContext:
     refresh_cookie: str | None = None
     auth_source: AuthSource | None = None
     connection_params: dict[str, Any] | None = None
+    origin: str | None = None
+    # A widget or API client of one project (resolvers.chat.WidgetCaller), set once checked.
+    widget: object | None = None
+    # WebSocket only: close the connection with a protocol close code (4401, 4403).
+    close_connection: Callable[..., Awaitable[Any]] | None = None
     # Set by the transport: HTTP writes Set-Cookie headers, a WebSocket cannot and ignores them.
     cookie_sink: Callable[[list[Cookie]], None] | None = None
     # Per-operation caches, filled by kindrobots.resolvers (auth.current_viewer, loaders.loaders).

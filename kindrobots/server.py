@@ -9,21 +9,26 @@ from typing import Any
 
 from aiohttp import WSCloseCode, web
 from aiohttp.abc import AbstractAccessLogger
-from cross_web import HTTPException
+from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from sqlalchemy import text
 from strawberry.aiohttp.views import GraphQLView
 from strawberry.exceptions import ConnectionRejectionError
-from strawberry.http import GraphQLHTTPResponse
+from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.types import ExecutionResult
 
 from kindrobots.auth.tokens import TokenSigner
+from kindrobots.broker.memory import MemoryBroker
+from kindrobots.broker.redis import RedisBroker
 from kindrobots.config import Settings
 from kindrobots.context import Cookie, RequestContext, Services
 from kindrobots.db.engine import create_engine, create_sessionmaker
 from kindrobots.resolvers.access import current_viewer
+from kindrobots.resolvers.chat import WidgetCaller, WidgetRejected, authenticate_widget
 from kindrobots.schema import build_schema
 from kindrobots.security.client_ip import client_ip
 from kindrobots.security.crypto import KeyRing
+from kindrobots.security.jwks import JwksCache
+from kindrobots.widget import add_widget_routes
 
 logger = logging.getLogger("kindrobots.server")
 
@@ -34,6 +39,9 @@ WEBSOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey(
 )
 CSRF_HEADERS = ("X-Requested-With", "Apollo-Require-Preflight")
 REQUEST_ERROR: web.RequestKey[bool] = web.RequestKey("graphql_request_error", bool)
+RETRY_AFTER: web.RequestKey[int] = web.RequestKey("graphql_retry_after", int)
+# The GraphQL document itself; variables may be larger (an OpenAPI document is up to 1 MB).
+MAX_QUERY_CHARS = 128 * 1024
 
 
 def _bearer(header: str | None) -> str | None:
@@ -84,8 +92,17 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
             ip=client_ip(request, settings.trusted_proxies),
             user_agent=request.headers.get("User-Agent"),
         )
+        context.origin = request.headers.get("Origin")
         bearer = _bearer(request.headers.get("Authorization"))
-        cookies_allowed = isinstance(response, web.WebSocketResponse) or _csrf_safe(request)
+        websocket = isinstance(response, web.WebSocketResponse)
+        cookies_allowed = websocket or _csrf_safe(request)
+        if isinstance(response, web.WebSocketResponse):
+            context.close_connection = response.close
+        project_key = request.headers.get("X-Project-Key")
+        if project_key is not None and not websocket:
+            # The external chat API: the bearer token, if any, is the end user's, not a session.
+            context.widget = await self._widget(context, project_key, bearer, browser_only=False)
+            return context
         if bearer:
             context.access_token, context.auth_source = bearer, "bearer"
         elif request.cookies.get("kr_access") or request.cookies.get("kr_refresh"):
@@ -102,8 +119,58 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
             context.cookie_sink = lambda cookies: _apply_cookies(response, settings, cookies)
         return context
 
+    async def _widget(
+        self, context: RequestContext, project_key: object, token: str | None, *, browser_only: bool
+    ) -> WidgetCaller | WidgetRejected:
+        try:
+            return await authenticate_widget(
+                self.services,
+                project_key=project_key,
+                origin=context.origin,
+                token=token,
+                browser_only=browser_only,
+            )
+        except WidgetRejected as rejected:
+            # The reason names the failed check, never the key or token themselves.
+            logger.info("widget refused from %s: %s", context.ip, rejected.reason)
+            return rejected
+
+    def is_websocket_origin_allowed(self, request: web.Request, origin: str) -> bool:
+        """Decided at connection_init: widgets by their project, the dashboard by its origins."""
+        return True
+
+    def _dashboard_origin(self, context: RequestContext) -> bool:
+        origin = context.origin
+        if origin is None:
+            return True  # not a browser: it carries no ambient credentials to abuse
+        public = self.services.settings.public_url
+        return origin in self.services.settings.dashboard_origins or origin == public
+
     async def on_ws_connect(self, context: RequestContext) -> dict[str, object] | None:
         params = context.connection_params or {}
+        if "projectKey" in params:
+            token = params.get("token")
+            caller = await self._widget(
+                context,
+                params["projectKey"],
+                token if isinstance(token, str) else None,
+                browser_only=True,
+            )
+            if isinstance(caller, WidgetRejected):
+                if context.close_connection is not None:
+                    await context.close_connection(
+                        code=caller.close_code,
+                        message=b"Unauthorized" if caller.close_code == 4401 else b"Forbidden",
+                    )
+                raise ConnectionRejectionError()
+            context.widget = caller
+            # The origin was checked against the project, not the dashboard: a session cookie
+            # the browser sent along must not turn a customer's page into the dashboard.
+            context.access_token = context.auth_source = None
+            return None
+        if not self._dashboard_origin(context):
+            logger.info("dashboard connection refused from origin %r", context.origin)
+            raise ConnectionRejectionError()
         token = _bearer(str(params.get("authorization") or params.get("Authorization") or ""))
         token = token or (
             params.get("accessToken") if isinstance(params.get("accessToken"), str) else None
@@ -122,12 +189,26 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
         request.app[WEBSOCKETS].add(websocket)
         return websocket
 
+    async def parse_http_body(
+        self, request: AsyncHTTPRequestAdapter
+    ) -> GraphQLRequestData | list[GraphQLRequestData]:
+        data = await super().parse_http_body(request)
+        for item in data if isinstance(data, list) else [data]:
+            if item.query is not None and len(item.query) > MAX_QUERY_CHARS:
+                raise HTTPException(413, "The GraphQL document is too large.")
+        return data
+
     async def process_result(
         self, request: web.Request, result: ExecutionResult
     ) -> GraphQLHTTPResponse:
         # A result without data whose errors have no path never executed: a request error.
         if result.data is None and all(not error.path for error in result.errors or ()):
             request[REQUEST_ERROR] = True
+        # API.md, Errors: RATE_LIMITED over HTTP is also status 429 with a Retry-After header.
+        for error in result.errors or ():
+            extensions = error.extensions or {}
+            if extensions.get("code") == "RATE_LIMITED":
+                request[RETRY_AFTER] = int(extensions.get("retryAfter") or 1)
         return await super().process_result(request, result)
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
@@ -141,6 +222,10 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
             response.content_type = GRAPHQL_RESPONSE_JSON
             if request.get(REQUEST_ERROR):
                 response.set_status(400)
+        retry_after = request.get(RETRY_AFTER)
+        if isinstance(response, web.Response) and retry_after is not None:
+            response.set_status(429)
+            response.headers["Retry-After"] = str(retry_after)
         return response
 
 
@@ -208,6 +293,8 @@ def create_services(settings: Settings) -> Services:
             ttl=timedelta(seconds=settings.access_token_ttl),
         ),
         keyring=KeyRing(settings.encryption_keys),
+        broker=RedisBroker(redis) if redis is not None else MemoryBroker(),
+        jwks=JwksCache(settings.outbound_allow),
         redis=redis,
     )
 
@@ -220,6 +307,7 @@ async def _close_websockets(app: web.Application) -> None:
 
 async def _close_services(app: web.Application) -> None:
     services = app[SERVICES]
+    await services.broker.close()
     if services.redis is not None:
         await services.redis.aclose()
     await services.engine.dispose()
@@ -237,6 +325,7 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/.well-known/jwks.json", jwks)
+    add_widget_routes(app, settings)
     app.on_shutdown.append(_close_websockets)
     app.on_cleanup.append(_close_services)
     return app

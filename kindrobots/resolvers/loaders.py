@@ -19,30 +19,62 @@ from kindrobots.db.models import (
     Manifest,
     ManifestVersion,
     Organization,
+    Project,
     User,
 )
+from kindrobots.resolvers.access import member_organizations, require_viewer
 
-M = TypeVar("M", User, Organization, Agent, LlmCredential)
+Owned = TypeVar("Owned", Agent, LlmCredential, Project)
 
 
-def _by_id(services: Services, model: type[M]) -> DataLoader[uuid.UUID, M | None]:
-    async def load(ids: Sequence[uuid.UUID]) -> list[M | None]:
+Reached = TypeVar("Reached", User, Organization)
+
+
+def _reached(services: Services, model: type[Reached]) -> DataLoader[uuid.UUID, Reached | None]:
+    """Users and organizations are not an organization's rows: they are reached only
+    through memberships and audit events that were themselves loaded within scope."""
+
+    async def load(ids: Sequence[uuid.UUID]) -> list[Reached | None]:
         async with services.read() as session:
             rows = (await session.scalars(select(model).where(model.id.in_(ids)))).all()
-        found: dict[Any, M] = {row.id: row for row in rows}
+        found: dict[Any, Reached] = {row.id: row for row in rows}
         return [found.get(key) for key in ids]
 
     return DataLoader(load_fn=load)
 
 
-def _manifests_of_agents(services: Services) -> DataLoader[uuid.UUID, list[Manifest]]:
+def _owned(ctx: RequestContext, model: type[Owned]) -> DataLoader[uuid.UUID, Owned | None]:
+    """Rows of the caller's organizations only, filtered in SQL like every tenant query."""
+
+    async def load(ids: Sequence[uuid.UUID]) -> list[Owned | None]:
+        viewer = await require_viewer(ctx)
+        async with ctx.services.read() as session:
+            rows = (
+                await session.scalars(
+                    select(model).where(
+                        model.id.in_(ids),
+                        model.organization_id.in_(member_organizations(viewer)),
+                    )
+                )
+            ).all()
+        found: dict[Any, Owned] = {row.id: row for row in rows}
+        return [found.get(key) for key in ids]
+
+    return DataLoader(load_fn=load)
+
+
+def _manifests_of_agents(ctx: RequestContext) -> DataLoader[uuid.UUID, list[Manifest]]:
     async def load(agent_ids: Sequence[uuid.UUID]) -> list[list[Manifest]]:
-        async with services.read() as session:
+        viewer = await require_viewer(ctx)
+        async with ctx.services.read() as session:
             rows = (
                 await session.execute(
                     select(AgentManifest.agent_id, Manifest)
                     .join(Manifest, Manifest.id == AgentManifest.manifest_id)
-                    .where(AgentManifest.agent_id.in_(agent_ids))
+                    .where(
+                        AgentManifest.agent_id.in_(agent_ids),
+                        Manifest.organization_id.in_(member_organizations(viewer)),
+                    )
                     .order_by(AgentManifest.agent_id, AgentManifest.position)
                 )
             ).all()
@@ -54,9 +86,10 @@ def _manifests_of_agents(services: Services) -> DataLoader[uuid.UUID, list[Manif
     return DataLoader(load_fn=load)
 
 
-def _latest_versions(services: Services) -> DataLoader[uuid.UUID, ManifestVersion | None]:
+def _latest_versions(ctx: RequestContext) -> DataLoader[uuid.UUID, ManifestVersion | None]:
     async def load(manifest_ids: Sequence[uuid.UUID]) -> list[ManifestVersion | None]:
-        async with services.read() as session:
+        viewer = await require_viewer(ctx)
+        async with ctx.services.read() as session:
             rows = (
                 await session.scalars(
                     select(ManifestVersion)
@@ -67,7 +100,10 @@ def _latest_versions(services: Services) -> DataLoader[uuid.UUID, ManifestVersio
                             Manifest.version == ManifestVersion.version,
                         ),
                     )
-                    .where(Manifest.id.in_(manifest_ids))
+                    .where(
+                        Manifest.id.in_(manifest_ids),
+                        Manifest.organization_id.in_(member_organizations(viewer)),
+                    )
                 )
             ).all()
         found = {row.manifest_id: row for row in rows}
@@ -81,6 +117,7 @@ class Loaders:
     user: DataLoader[uuid.UUID, User | None]
     organization: DataLoader[uuid.UUID, Organization | None]
     agent: DataLoader[uuid.UUID, Agent | None]
+    project: DataLoader[uuid.UUID, Project | None]
     credential: DataLoader[uuid.UUID, LlmCredential | None]
     agent_manifests: DataLoader[uuid.UUID, list[Manifest]]
     latest_version: DataLoader[uuid.UUID, ManifestVersion | None]
@@ -89,14 +126,14 @@ class Loaders:
 def loaders(ctx: RequestContext) -> Loaders:
     cached = ctx.loader_cache.get("loaders")
     if cached is None:
-        services = ctx.services
         cached = Loaders(
-            user=_by_id(services, User),
-            organization=_by_id(services, Organization),
-            agent=_by_id(services, Agent),
-            credential=_by_id(services, LlmCredential),
-            agent_manifests=_manifests_of_agents(services),
-            latest_version=_latest_versions(services),
+            user=_reached(ctx.services, User),
+            organization=_reached(ctx.services, Organization),
+            agent=_owned(ctx, Agent),
+            project=_owned(ctx, Project),
+            credential=_owned(ctx, LlmCredential),
+            agent_manifests=_manifests_of_agents(ctx),
+            latest_version=_latest_versions(ctx),
         )
         ctx.loader_cache["loaders"] = cached
     assert isinstance(cached, Loaders)

@@ -15,6 +15,7 @@ from strawberry.types import ExecutionContext
 
 from kindrobots.schema.agents import AgentMutation
 from kindrobots.schema.auth import AuthMutation, AuthQuery
+from kindrobots.schema.chat import ChatMutation, ChatSubscription
 from kindrobots.schema.credentials import CredentialMutation
 from kindrobots.schema.manifests import ManifestMutation
 from kindrobots.schema.node import NodeQuery
@@ -32,8 +33,10 @@ Mutation = merge_types(
         AgentMutation,
         ManifestMutation,
         ProjectMutation,
+        ChatMutation,
     ),
 )
+Subscription = merge_types("Subscription", (ChatSubscription,))
 
 
 class OperationScope(SchemaExtension):
@@ -80,6 +83,7 @@ def build_schema(*, production: bool = False) -> Schema:
     return Schema(
         query=Query,
         mutation=Mutation,
+        subscription=Subscription,
         # A factory, not an instance: extensions keep per-operation state.
         extensions=[OperationScope, partial(PublicErrors, hide_suggestions=production)],
         config=StrawberryConfig(disable_field_suggestions=production),

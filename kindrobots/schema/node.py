@@ -9,10 +9,19 @@ import strawberry
 
 from kindrobots.context import RequestContext
 from kindrobots.ids import parse_global_id
-from kindrobots.resolvers import agents, audit, credentials, manifests, organizations, projects
+from kindrobots.resolvers import (
+    agents,
+    audit,
+    chat,
+    credentials,
+    manifests,
+    organizations,
+    projects,
+)
 from kindrobots.schema.agents import AgentType
 from kindrobots.schema.audit import AuditEventType
 from kindrobots.schema.base import Info, Node
+from kindrobots.schema.chat import ConversationType
 from kindrobots.schema.credentials import LlmCredentialType
 from kindrobots.schema.manifests import ManifestType
 from kindrobots.schema.organizations import OrganizationType
@@ -52,7 +61,12 @@ async def _credential(ctx: RequestContext, raw_id: uuid.UUID) -> Node:
     return LlmCredentialType.from_row(await credentials.get_credential(ctx, raw_id))
 
 
+async def _conversation(ctx: RequestContext, raw_id: uuid.UUID) -> Node:
+    return ConversationType.from_row(await chat.get_conversation(ctx, raw_id))
+
+
 FETCHERS: dict[str, Fetch] = {
+    "Conversation": _conversation,
     "Organization": _organization,
     "User": _user,
     "AuditEvent": _audit_event,

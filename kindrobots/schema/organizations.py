@@ -11,16 +11,26 @@ from kindrobots.auth.roles import Role, Tier
 from kindrobots.billing.plans import Plan, plans
 from kindrobots.db import models
 from kindrobots.ids import from_global_id, to_global_id
-from kindrobots.resolvers import agents, audit, credentials, manifests, organizations, projects
+from kindrobots.resolvers import (
+    agents,
+    audit,
+    chat,
+    credentials,
+    manifests,
+    organizations,
+    projects,
+)
 from kindrobots.resolvers.loaders import loaders
 from kindrobots.schema.agents import AgentType
 from kindrobots.schema.audit import AuditEventType
 from kindrobots.schema.base import Connection, Info, Node, to_connection
+from kindrobots.schema.chat import ConversationType
 from kindrobots.schema.credentials import LlmCredentialType
 from kindrobots.schema.manifests import ManifestType
 from kindrobots.schema.permissions import IsAdmin, IsAuthenticated, IsViewer
 from kindrobots.schema.projects import ProjectType
 from kindrobots.schema.users import UserType
+from kindrobots.security.errors import NotFound
 
 strawberry.enum(Role)
 strawberry.enum(Tier)
@@ -80,7 +90,8 @@ class MembershipType:
     @strawberry.field
     async def organization(self, info: Info) -> OrganizationType:
         row = await loaders(info.context).organization.load(self.organization_id)
-        assert row is not None  # memberships cascade with their organization
+        if row is None:  # the caller lost access to it while this request ran
+            raise NotFound()
         return OrganizationType.from_row(row)
 
     @strawberry.field
@@ -146,6 +157,23 @@ class OrganizationType(Node):
             info.context, self.organization_id, 20 if first is None else first, after
         )
         return to_connection(page, ProjectType.from_row)
+
+    @strawberry.field(permission_classes=[IsViewer])
+    async def conversations(
+        self,
+        info: Info,
+        project_id: strawberry.ID | None = None,
+        first: int | None = 20,
+        after: str | None = None,
+    ) -> Connection[ConversationType]:
+        page = await chat.list_conversations(
+            info.context,
+            self.organization_id,
+            from_global_id(project_id, "Project") if project_id else None,
+            20 if first is None else first,
+            after,
+        )
+        return to_connection(page, ConversationType.from_row)
 
     @strawberry.field(permission_classes=[IsAdmin])
     async def llm_credentials(self, info: Info) -> list[LlmCredentialType]:

@@ -17,6 +17,7 @@ from strawberry.permission import BasePermission
 from kindrobots.auth.roles import Role
 from kindrobots.ids import from_global_id, parse_global_id
 from kindrobots.resolvers.access import organization_of, require_role, require_viewer
+from kindrobots.resolvers.chat import require_widget
 from kindrobots.schema.base import Info
 
 # Root fields anyone may call, signed in or not. Everything else needs a permission class.
@@ -46,7 +47,7 @@ async def _organization_of(info: Info, source: Any, arguments: dict[str, Any]) -
     global_id = arguments.get("organization_id") or getattr(data, "organization_id", None)
     if isinstance(global_id, str):
         return from_global_id(global_id, "Organization")
-    object_id = arguments.get("id") or getattr(data, "id", None)
+    object_id = arguments.get("id") or arguments.get("project_id") or getattr(data, "id", None)
     if isinstance(object_id, str):
         type_name, raw_id = parse_global_id(object_id)
         return await organization_of(info.context, type_name, raw_id)
@@ -59,6 +60,14 @@ class HasRole(BasePermission):
     async def has_permission(self, source: Any, info: Info, **kwargs: Any) -> bool:
         organization_id = await _organization_of(info, source, kwargs)
         await require_role(info.context, organization_id, self.role)
+        return True
+
+
+class IsWidget(BasePermission):
+    """A widget or API client that presented a valid project key (and end-user token)."""
+
+    async def has_permission(self, source: Any, info: Info, **kwargs: Any) -> bool:
+        require_widget(info.context)
         return True
 
 

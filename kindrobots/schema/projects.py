@@ -15,6 +15,7 @@ from kindrobots.resolvers.projects import AccessMode, ProjectFields
 from kindrobots.schema.agents import AgentType
 from kindrobots.schema.base import Info, Node
 from kindrobots.schema.permissions import IsEditor
+from kindrobots.security.errors import NotFound
 
 strawberry.enum(AccessMode)
 
@@ -35,7 +36,8 @@ class ProjectType(Node):
     @strawberry.field
     async def agent(self, info: Info) -> AgentType:
         row = await loaders(info.context).agent.load(self.agent_id)
-        assert row is not None  # projects restrict the deletion of their agent
+        if row is None:  # the caller lost access to it while this request ran
+            raise NotFound()
         return AgentType.from_row(row)
 
     @classmethod

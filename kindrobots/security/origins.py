@@ -55,3 +55,29 @@ def _is_ip(host: str) -> bool:
 
 def _valid_host(host: str) -> bool:
     return _is_ip(host) or (len(host) <= 253 and bool(_HOST.match(host)))
+
+
+def origin_allowed(origin: str | None, allowed: list[str]) -> bool:
+    """Does a browser's ``Origin`` match one of a project's allowed origins?
+
+    Exact entries match exactly (after the same normalisation); ``https://*.x.com``
+    matches any subdomain of x.com but not x.com itself, and never a look-alike
+    such as ``x.com.evil.net``. ``null`` and a missing Origin match nothing.
+    """
+    if not origin or origin == "null":
+        return False
+    try:
+        normalized = normalize_origin(origin, production=False)
+    except BadUserInput:
+        return False
+    if normalized == "*" or "*" in normalized:
+        return False
+    for entry in allowed:
+        if entry == "*" or entry == normalized:
+            return True
+        if entry.startswith("https://*.") and normalized.startswith("https://"):
+            suffix = entry[len("https://*") :]  # ".example.com[:port]"
+            host_and_port = normalized[len("https://") :]
+            if host_and_port.endswith(suffix) and len(host_and_port) > len(suffix):
+                return True
+    return False

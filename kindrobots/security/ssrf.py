@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,6 +164,52 @@ class _PinnedResolver(AbstractResolver):
         return None
 
 
+async def _pinned_session(
+    target: URL, allow: Iterable[str], client_timeout: aiohttp.ClientTimeout | None = None
+) -> aiohttp.ClientSession:
+    """A client session that can only reach the addresses ``target`` was checked against."""
+    addresses = await check_target(target, allow)
+    host, _port = _host_port(target)
+    connector = aiohttp.TCPConnector(
+        resolver=_PinnedResolver(host, addresses), use_dns_cache=False, force_close=True
+    )
+    return aiohttp.ClientSession(
+        connector=connector, timeout=client_timeout or aiohttp.ClientTimeout()
+    )
+
+
+@asynccontextmanager
+async def stream_request(
+    url: str,
+    *,
+    allow: Iterable[str],
+    method: str = "POST",
+    headers: Mapping[str, str] | None = None,
+    json: Any = None,
+    connect_timeout: float = 10.0,
+    read_timeout: float = 60.0,
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """An open response to read as a stream (LLM APIs). Checked and pinned; no redirects.
+
+    Leaving the context closes the connection, which is how a cancelled chat
+    stops its upstream request at once.
+    """
+    try:
+        target = URL(url)
+    except (ValueError, TypeError):
+        raise OutboundRefused("url", "The URL is not valid.") from None
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=connect_timeout, sock_read=read_timeout
+    )
+    async with (
+        await _pinned_session(target, allow, timeout) as session,
+        session.request(
+            method, target, headers=headers, json=json, allow_redirects=False
+        ) as response,
+    ):
+        yield response
+
+
 async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
     declared = response.content_length
     if declared is not None and declared > max_bytes:
@@ -196,13 +243,8 @@ async def outbound_request(
     try:
         async with asyncio.timeout(limits.timeout):
             for _hop in range(limits.max_redirects + 1):
-                addresses = await check_target(target, allow)
-                host, _port = _host_port(target)
-                connector = aiohttp.TCPConnector(
-                    resolver=_PinnedResolver(host, addresses), use_dns_cache=False, force_close=True
-                )
                 async with (
-                    aiohttp.ClientSession(connector=connector) as session,
+                    await _pinned_session(target, allow) as session,
                     session.request(
                         method,
                         target,

@@ -1,0 +1,116 @@
+"""Helpers for chat tests: an agent with a project, and a widget WebSocket client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from tests.conftest import Account, Client, RunningServer
+
+CREATE_AGENT = """
+mutation($input: CreateAgentInput!) { createAgent(input: $input) { id } }
+"""
+CREATE_PROJECT = """
+mutation($input: CreateProjectInput!) { createProject(input: $input) { id publishableKey } }
+"""
+CHAT = """
+subscription($input: ChatInput!) {
+  chat(input: $input) {
+    __typename
+    ... on ChatStarted { conversationId }
+    ... on ChatDelta { text }
+    ... on ChatToolCall { name arguments result }
+    ... on ChatCompleted { messageId usage { inputTokens outputTokens } }
+    ... on ChatError { message retryAfter }
+  }
+}
+"""
+ORIGIN = "https://shop.example.com"
+
+
+@dataclass
+class Deployed:
+    agent_id: str
+    project_id: str
+    project_key: str
+
+
+async def deploy(
+    client: Client,
+    account: Account,
+    *,
+    credential_id: str | None = None,
+    manifest_ids: list[str] | None = None,
+    origins: list[str] | None = None,
+    project: dict[str, Any] | None = None,
+    model: str = "demo-model",
+) -> Deployed:
+    agent = await client.execute(
+        CREATE_AGENT,
+        {
+            "input": {
+                "organizationId": account.organization_id,
+                "name": "Helper",
+                "model": model,
+                "systemPrompt": "You help shoppers.",
+                "llmCredentialId": credential_id,
+                "manifestIds": manifest_ids or [],
+            }
+        },
+        token=account.access_token,
+    )
+    assert agent.errors == [], agent.errors
+    agent_id = agent.data["createAgent"]["id"]
+    created = await client.execute(
+        CREATE_PROJECT,
+        {
+            "input": {
+                "organizationId": account.organization_id,
+                "name": "Shop",
+                "agentId": agent_id,
+                "allowedOrigins": origins if origins is not None else [ORIGIN],
+                **(project or {}),
+            }
+        },
+        token=account.access_token,
+    )
+    assert created.errors == [], created.errors
+    data = created.data["createProject"]
+    return Deployed(agent_id, data["id"], data["publishableKey"])
+
+
+async def widget_chat(
+    http: aiohttp.ClientSession,
+    server: RunningServer,
+    project_key: str,
+    message: str,
+    *,
+    origin: str | None = ORIGIN,
+    token: str | None = None,
+    conversation_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """Connect as a widget, send one message, return every chat event until complete."""
+    headers = {"Origin": origin} if origin else {}
+    payload: dict[str, Any] = {"projectKey": project_key}
+    if token:
+        payload["token"] = token
+    events: list[dict[str, Any]] = []
+    async with http.ws_connect(
+        server.ws_url, protocols=["graphql-transport-ws"], headers=headers
+    ) as ws:
+        await ws.send_json({"type": "connection_init", "payload": payload})
+        ack = await ws.receive_json(timeout=10)
+        assert ack["type"] == "connection_ack", ack
+        variables = {"input": {"message": message, "conversationId": conversation_id}}
+        await ws.send_json(
+            {"type": "subscribe", "id": "1", "payload": {"query": CHAT, "variables": variables}}
+        )
+        while True:
+            frame = await ws.receive_json(timeout=20)
+            if frame["type"] == "complete":
+                return events
+            assert frame["type"] == "next", frame
+            assert "errors" not in frame["payload"], frame
+            events.append(frame["payload"]["data"]["chat"])

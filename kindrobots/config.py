@@ -119,6 +119,13 @@ class Settings(BaseSettings):
     stripe_price_professional: str | None = None
     stripe_price_enterprise: str | None = None
 
+    rate_limits: bool = True
+    # When Redis cannot be reached: "open" keeps serving (logged, counted), "closed" refuses.
+    rate_limit_failure: Literal["open", "closed"] = "open"
+    ws_max_per_ip: int = Field(default=100, ge=1)
+    ws_max_per_project: int = Field(default=5000, ge=1)
+    ws_max_subscriptions: int = Field(default=20, ge=1)
+    metrics_token: str | None = Field(default=None, repr=False)
     access_token_ttl: int = Field(default=600, ge=30, le=86400)
     refresh_token_ttl: int = Field(default=30 * 86400, ge=300)
     invitation_ttl: int = Field(default=7 * 86400, ge=300)

@@ -18,6 +18,7 @@ from kindrobots.broker import Broker
 from kindrobots.config import Settings
 from kindrobots.security.crypto import KeyRing
 from kindrobots.security.jwks import JwksCache
+from kindrobots.security.ratelimit import Limiter
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -37,6 +38,7 @@ class Services:
     signer: TokenSigner
     keyring: KeyRing
     broker: Broker
+    limiter: Limiter
     jwks: JwksCache
     redis: Redis | None = None
 
@@ -83,6 +85,8 @@ class RequestContext:
     widget: object | None = None
     # WebSocket only: close the connection with a protocol close code (4401, 4403).
     close_connection: Callable[..., Awaitable[Any]] | None = None
+    # WebSocket only: the connection's claims on the per-IP and per-project limits.
+    connection_slot: object | None = None
     # Set by the transport: HTTP writes Set-Cookie headers, a WebSocket cannot and ignores them.
     cookie_sink: Callable[[list[Cookie]], None] | None = None
     # Per-operation caches, filled by kindrobots.resolvers (auth.current_viewer, loaders.loaders).

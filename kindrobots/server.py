@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import weakref
 from datetime import timedelta
@@ -10,6 +11,7 @@ from typing import Any
 from aiohttp import WSCloseCode, web
 from aiohttp.abc import AbstractAccessLogger
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from strawberry.aiohttp.views import GraphQLView
 from strawberry.exceptions import ConnectionRejectionError
@@ -26,8 +28,10 @@ from kindrobots.resolvers.access import current_viewer
 from kindrobots.resolvers.chat import WidgetCaller, WidgetRejected, authenticate_widget
 from kindrobots.schema import build_schema
 from kindrobots.security.client_ip import client_ip
+from kindrobots.security.connections import ConnectionLimits, Slot
 from kindrobots.security.crypto import KeyRing
 from kindrobots.security.jwks import JwksCache
+from kindrobots.security.ratelimit import MemoryLimiter, RedisLimiter
 from kindrobots.widget import add_widget_routes
 
 logger = logging.getLogger("kindrobots.server")
@@ -38,6 +42,7 @@ WEBSOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey(
     "websockets", weakref.WeakSet
 )
 CSRF_HEADERS = ("X-Requested-With", "Apollo-Require-Preflight")
+CONNECTION: web.RequestKey[Slot] = web.RequestKey("connection_slot", Slot)
 REQUEST_ERROR: web.RequestKey[bool] = web.RequestKey("graphql_request_error", bool)
 RETRY_AFTER: web.RequestKey[int] = web.RequestKey("graphql_retry_after", int)
 # The GraphQL document itself; variables may be larger (an OpenAPI document is up to 1 MB).
@@ -80,8 +85,10 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
             graphql_ide=None if settings.is_production else "graphiql",
             connection_init_wait_timeout=timedelta(seconds=10),
             allowed_origins=settings.dashboard_origins,
+            max_subscriptions_per_connection=settings.ws_max_subscriptions,
         )
         self.services = services
+        self.connections = ConnectionLimits(settings.ws_max_per_ip, settings.ws_max_per_project)
 
     async def get_context(
         self, request: web.Request, response: web.Response | web.WebSocketResponse
@@ -98,6 +105,7 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
         cookies_allowed = websocket or _csrf_safe(request)
         if isinstance(response, web.WebSocketResponse):
             context.close_connection = response.close
+            context.connection_slot = request.get(CONNECTION)
         project_key = request.headers.get("X-Project-Key")
         if project_key is not None and not websocket:
             # The external chat API: the bearer token, if any, is the end user's, not a session.
@@ -163,6 +171,14 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
                         message=b"Unauthorized" if caller.close_code == 4401 else b"Forbidden",
                     )
                 raise ConnectionRejectionError()
+            slot = context.connection_slot
+            if isinstance(slot, Slot) and not self.connections.claim(
+                slot, "project", caller.project_id
+            ):
+                logger.warning("too many connections for project %s", caller.project_id)
+                if context.close_connection is not None:
+                    await context.close_connection(code=4429, message=b"Too many connections")
+                raise ConnectionRejectionError()
             context.widget = caller
             # The origin was checked against the project, not the dashboard: a session cookie
             # the browser sent along must not turn a customer's page into the dashboard.
@@ -181,6 +197,22 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
             if await current_viewer(context) is None:
                 raise ConnectionRejectionError()
         return None
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        """Count the connection against its address for as long as it stays open."""
+        slot = Slot()
+        ip = client_ip(request, self.services.settings.trusted_proxies)
+        if not self.connections.claim(slot, "ip", ip):
+            return web.json_response(
+                {"errors": [{"message": "Too many connections from this address."}]},
+                status=429,
+                headers={"Retry-After": "30"},
+            )
+        request[CONNECTION] = slot
+        try:
+            return await super().__call__(request)
+        finally:
+            self.connections.release(slot)
 
     async def create_websocket_response(
         self, request: web.Request, subprotocol: str | None
@@ -212,6 +244,8 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
         return await super().process_result(request, result)
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
+        if self.is_websocket_request(request):
+            return await self._websocket(request)
         response = await super().__call__(request)
         if (
             isinstance(response, web.Response)
@@ -270,6 +304,20 @@ async def readyz(request: web.Request) -> web.Response:
     )
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics: with KR_METRICS_TOKEN for that bearer token, else loopback only."""
+    settings = request.app[SERVICES].settings
+    if settings.metrics_token:
+        allowed = hmac.compare_digest(
+            request.headers.get("Authorization", ""), f"Bearer {settings.metrics_token}"
+        )
+    else:
+        allowed = request.remote in ("127.0.0.1", "::1")
+    if not allowed:
+        raise web.HTTPNotFound()
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 async def jwks(request: web.Request) -> web.Response:
     return web.json_response(
         request.app[SERVICES].signer.jwks(), headers={"Cache-Control": "public, max-age=300"}
@@ -294,6 +342,11 @@ def create_services(settings: Settings) -> Services:
         ),
         keyring=KeyRing(settings.encryption_keys),
         broker=RedisBroker(redis) if redis is not None else MemoryBroker(),
+        limiter=(
+            RedisLimiter(redis, settings.rate_limit_failure)
+            if redis is not None
+            else MemoryLimiter()
+        ),
         jwks=JwksCache(settings.outbound_allow),
         redis=redis,
     )
@@ -325,6 +378,7 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/.well-known/jwks.json", jwks)
+    app.router.add_get("/metrics", metrics)
     add_widget_routes(app, settings)
     app.on_shutdown.append(_close_websockets)
     app.on_cleanup.append(_close_services)

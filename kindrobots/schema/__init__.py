@@ -17,6 +17,7 @@ from kindrobots.schema.agents import AgentMutation
 from kindrobots.schema.auth import AuthMutation, AuthQuery
 from kindrobots.schema.chat import ChatMutation, ChatSubscription
 from kindrobots.schema.credentials import CredentialMutation
+from kindrobots.schema.directives import install_rate_limits
 from kindrobots.schema.manifests import ManifestMutation
 from kindrobots.schema.node import NodeQuery
 from kindrobots.schema.organizations import OrganizationMutation, OrganizationQuery
@@ -37,6 +38,7 @@ Mutation = merge_types(
     ),
 )
 Subscription = merge_types("Subscription", (ChatSubscription,))
+install_rate_limits((Query, Mutation, Subscription))
 
 
 class OperationScope(SchemaExtension):

@@ -9,6 +9,7 @@ import strawberry
 from kindrobots.resolvers import auth, organizations
 from kindrobots.resolvers.access import current_viewer
 from kindrobots.schema.base import Info
+from kindrobots.schema.directives import RateLimit, RateLimitKey
 from kindrobots.schema.organizations import MembershipType
 from kindrobots.schema.permissions import IsAuthenticated
 from kindrobots.schema.users import UserType
@@ -67,20 +68,23 @@ class AuthQuery:
 
 @strawberry.type
 class AuthMutation:
-    @strawberry.mutation
+    @strawberry.mutation(directives=[RateLimit(limit=5, window=3600, per=RateLimitKey.IP)])
     async def sign_up(self, info: Info, input: SignUpInput) -> AuthPayload:
         result = await auth.sign_up(
             info.context, input.email, input.password, input.display_name, input.organization_name
         )
         return AuthPayload.from_result(result)
 
-    @strawberry.mutation
+    @strawberry.mutation(directives=[RateLimit(limit=10, window=60, per=RateLimitKey.IP)])
     async def sign_in(self, info: Info, input: SignInInput) -> AuthPayload:
         return AuthPayload.from_result(
             await auth.sign_in(info.context, input.email, input.password)
         )
 
-    @strawberry.mutation(description="Rotate a refresh token (argument or kr_refresh cookie).")
+    @strawberry.mutation(
+        description="Rotate a refresh token (argument or kr_refresh cookie).",
+        directives=[RateLimit(limit=30, window=60, per=RateLimitKey.IP)],
+    )
     async def refresh_session(self, info: Info, refresh_token: str | None = None) -> AuthPayload:
         return AuthPayload.from_result(await auth.refresh_session(info.context, refresh_token))
 

@@ -18,6 +18,7 @@ from kindrobots.ids import from_global_id, to_global_id
 from kindrobots.resolvers import chat
 from kindrobots.resolvers.loaders import loaders
 from kindrobots.schema.base import Connection, Info, Node, to_connection
+from kindrobots.schema.directives import RateLimit, RateLimitKey
 from kindrobots.schema.permissions import IsEditor, IsWidget
 from kindrobots.schema.projects import ProjectType
 from kindrobots.security.errors import NotFound, RateLimited, UpstreamError
@@ -151,7 +152,10 @@ def _conversation_id(raw: strawberry.ID | None) -> uuid.UUID | None:
 
 @strawberry.type
 class ChatSubscription:
-    @strawberry.subscription(permission_classes=[IsWidget])
+    @strawberry.subscription(
+        permission_classes=[IsWidget],
+        directives=[RateLimit(limit=20, window=60, per=RateLimitKey.PROJECT, from_plan=True)],
+    )
     async def chat(self, info: Info, input: ChatInput) -> AsyncGenerator[ChatEvent, None]:
         caller = chat.require_widget(info.context)
         events = chat.chat(
@@ -201,6 +205,7 @@ class ChatMutation:
     @strawberry.mutation(
         permission_classes=[IsWidget],
         description="External API (X-Project-Key header): the whole reply in one response.",
+        directives=[RateLimit(limit=20, window=60, per=RateLimitKey.PROJECT, from_plan=True)],
     )
     async def send_message(self, info: Info, input: ChatInput) -> ChatReply:
         caller = chat.require_widget(info.context)

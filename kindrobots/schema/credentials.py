@@ -12,6 +12,7 @@ from kindrobots.ids import from_global_id, to_global_id
 from kindrobots.resolvers import credentials
 from kindrobots.resolvers.credentials import LlmProvider
 from kindrobots.schema.base import Info, Node
+from kindrobots.schema.directives import RateLimit, RateLimitKey
 from kindrobots.schema.permissions import IsAdmin
 
 strawberry.enum(LlmProvider)
@@ -50,7 +51,10 @@ class AddLlmCredentialInput:
 
 @strawberry.type
 class CredentialMutation:
-    @strawberry.mutation(permission_classes=[IsAdmin])
+    @strawberry.mutation(
+        permission_classes=[IsAdmin],
+        directives=[RateLimit(limit=10, window=60, per=RateLimitKey.ORGANIZATION)],
+    )
     async def add_llm_credential(
         self, info: Info, input: AddLlmCredentialInput
     ) -> LlmCredentialType:

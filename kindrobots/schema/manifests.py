@@ -13,6 +13,7 @@ from kindrobots.ids import from_global_id, to_global_id
 from kindrobots.resolvers import manifests
 from kindrobots.resolvers.loaders import loaders
 from kindrobots.schema.base import Info, Node
+from kindrobots.schema.directives import RateLimit, RateLimitKey
 from kindrobots.schema.permissions import IsEditor
 
 
@@ -80,7 +81,10 @@ class ImportManifestInput:
 
 @strawberry.type
 class ManifestMutation:
-    @strawberry.mutation(permission_classes=[IsEditor])
+    @strawberry.mutation(
+        permission_classes=[IsEditor],
+        directives=[RateLimit(limit=30, window=60, per=RateLimitKey.ORGANIZATION)],
+    )
     async def create_manifest(self, info: Info, input: CreateManifestInput) -> ManifestType:
         row = await manifests.create_manifest(
             info.context,
@@ -90,7 +94,10 @@ class ManifestMutation:
         )
         return ManifestType.from_row(row)
 
-    @strawberry.mutation(permission_classes=[IsEditor])
+    @strawberry.mutation(
+        permission_classes=[IsEditor],
+        directives=[RateLimit(limit=10, window=60, per=RateLimitKey.ORGANIZATION)],
+    )
     async def import_manifest(self, info: Info, input: ImportManifestInput) -> ManifestType:
         row = await manifests.import_manifest(
             info.context,

@@ -26,6 +26,7 @@ from kindrobots.schema.audit import AuditEventType
 from kindrobots.schema.base import Connection, Info, Node, to_connection
 from kindrobots.schema.chat import ConversationType
 from kindrobots.schema.credentials import LlmCredentialType
+from kindrobots.schema.directives import RateLimit, RateLimitKey
 from kindrobots.schema.manifests import ManifestType
 from kindrobots.schema.permissions import IsAdmin, IsAuthenticated, IsViewer
 from kindrobots.schema.projects import ProjectType
@@ -250,7 +251,10 @@ class OrganizationMutation:
         row = await organizations.create_organization(info.context, input.name)
         return OrganizationType.from_row(row)
 
-    @strawberry.mutation(permission_classes=[IsAdmin])
+    @strawberry.mutation(
+        permission_classes=[IsAdmin],
+        directives=[RateLimit(limit=50, window=3600, per=RateLimitKey.ORGANIZATION)],
+    )
     async def invite_member(self, info: Info, input: InviteMemberInput) -> InvitationResult:
         invitation, token = await organizations.invite_member(
             info.context,
@@ -260,7 +264,10 @@ class OrganizationMutation:
         )
         return InvitationResult(invitation=InvitationType.from_row(invitation), token=token)
 
-    @strawberry.mutation(permission_classes=[IsAuthenticated])
+    @strawberry.mutation(
+        permission_classes=[IsAuthenticated],
+        directives=[RateLimit(limit=10, window=60, per=RateLimitKey.CALLER)],
+    )
     async def accept_invitation(self, info: Info, token: str) -> MembershipType:
         return MembershipType.from_row(await organizations.accept_invitation(info.context, token))
 

@@ -1,0 +1,41 @@
+"""Open WebSocket connections counted per IP and per project, on this instance.
+
+Idle widget connections are cheap but not free; a single address or a single
+project's key must not be able to hold the whole instance. The counts are per
+process on purpose: a connection lives on exactly one instance, and the load
+balancer spreads them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Slot:
+    """One connection's claims, released together when it closes."""
+
+    keys: list[str] = field(default_factory=list)
+
+
+class ConnectionLimits:
+    def __init__(self, per_ip: int, per_project: int) -> None:
+        self._open: Counter[str] = Counter()
+        self._limits = {"ip": per_ip, "project": per_project}
+
+    def claim(self, slot: Slot, kind: str, value: object) -> bool:
+        """Count this connection under ``kind:value``; False (and no count) when full."""
+        key = f"{kind}:{value}"
+        if self._open[key] >= self._limits[kind]:
+            return False
+        self._open[key] += 1
+        slot.keys.append(key)
+        return True
+
+    def release(self, slot: Slot) -> None:
+        for key in slot.keys:
+            self._open[key] -= 1
+            if self._open[key] <= 0:
+                del self._open[key]
+        slot.keys.clear()

@@ -64,6 +64,8 @@ def _keys_rotate(settings: Settings, batch_size: int) -> int:
         try:
             report = await rotate_keys(services, batch_size)
         finally:
+            if services.redis is not None:
+                await services.redis.aclose()
             await services.engine.dispose()
         sys.stdout.write(
             f"re-encrypted {report.rotated}, already under {services.keyring.active_key_id} "

@@ -99,6 +99,7 @@ REFUSED_HOSTS = [
     "[fe80::1]",
     "[fc00::1]",
     "[fd12:3456::1]",
+    "[fec0::1]",
     "[::ffff:127.0.0.1]",
     "[::ffff:7f00:1]",
     "[64:ff9b::7f00:1]",
@@ -252,3 +253,33 @@ async def test_connection_is_pinned_to_the_checked_address(
     )
     assert response.body == b"pinned"
     assert fake_dns["calls:tools.customer.test"] == "1"
+
+
+async def test_a_cross_host_redirect_carries_no_body_and_no_credentials(
+    web_server: Callable[[web.Application], Any],
+) -> None:
+    seen: list[tuple[str, str | None, bytes]] = []
+
+    async def landing(request: web.Request) -> web.Response:
+        seen.append((request.method, request.headers.get("X-Api-Key"), await request.read()))
+        return web.json_response({"ok": True})
+
+    second = web.Application()
+    second.router.add_route("*", "/landing", landing)
+    second_port = await web_server(second)
+
+    async def bounce(_request: web.Request) -> web.Response:
+        raise web.HTTPFound(f"http://localhost:{second_port}/landing")
+
+    first = web.Application()
+    first.router.add_post("/start", bounce)
+    first_port = await web_server(first)
+    response = await outbound_request(
+        f"http://127.0.0.1:{first_port}/start",
+        allow=(f"127.0.0.1:{first_port}", f"localhost:{second_port}"),
+        method="POST",
+        headers={"X-Api-Key": "tool-secret", "Accept": "application/json"},
+        json={"order": 1},
+    )
+    assert response.status == 200
+    assert seen == [("GET", None, b"")]

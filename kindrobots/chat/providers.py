@@ -8,6 +8,7 @@ fit for the end user; the customer's key never appears in one.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -26,6 +27,8 @@ OPENAI_BASE = "https://api.openai.com/v1"
 ANTHROPIC_BASE = "https://api.anthropic.com"
 ANTHROPIC_VERSION = "2023-06-01"
 MAX_OUTPUT_TOKENS = 1024
+MAX_STREAM_BYTES = 4 * 1024 * 1024
+STREAM_DEADLINE = 300.0
 DEFAULT_RETRY_AFTER = 5  # seconds, when a 429 does not say
 MAX_RETRY_AFTER = 24 * 3600
 
@@ -129,9 +132,21 @@ async def _check_status(response: aiohttp.ClientResponse) -> None:
 
 
 async def _sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, str]]:
-    """(event, data) pairs of a server-sent event stream."""
+    """(event, data) pairs of a server-sent event stream, within size and time caps.
+
+    The per-read timeout alone would let a provider that trickles a byte a minute
+    hold a chat open forever, so the whole stream also has a deadline.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STREAM_DEADLINE
+    received = 0
     event, data = "", list[str]()
     async for raw in response.content:
+        received += len(raw)
+        if received > MAX_STREAM_BYTES:
+            raise ProviderError("The LLM provider's reply is too large.")
+        if loop.time() > deadline:
+            raise ProviderError("The LLM provider took too long to answer.")
         line = raw.decode("utf-8").rstrip("\r\n")
         if not line:
             if data:
@@ -175,6 +190,8 @@ class _Streaming:
             raise ProviderError("The LLM provider did not answer in time.") from None
         except aiohttp.ClientError:
             raise ProviderError("The connection to the LLM provider broke.") from None
+        except ValueError:  # undecodable bytes, or a line longer than the reader accepts
+            raise ProviderError("The LLM provider sent a malformed stream.") from None
 
 
 class OpenAIProvider(_Streaming):

@@ -52,6 +52,17 @@ def check_first(first: int) -> int:
     return first
 
 
+def first_page(rows: Sequence[Any], first: int) -> Page[Any]:
+    """The first page from up to ``first + 1`` rows already in order (batched loads)."""
+    shown = list(rows[:first])
+    return Page(
+        rows=shown,
+        cursors=[encode_cursor(row.created_at, row.id) for row in shown],
+        has_next_page=len(rows) > first,
+        has_previous_page=False,
+    )
+
+
 async def paginate(
     session: AsyncSession,
     statement: Select[Any],

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from sqlalchemy import Select, and_, select
+from sqlalchemy import Select, and_, delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from kindrobots.auth.roles import Role
 from kindrobots.context import RequestContext, Viewer
@@ -109,3 +110,17 @@ OWNED_MODELS: dict[str, type[Agent | AuditEvent | LlmCredential | Manifest | Pro
     "Manifest": Manifest,
     "Project": Project,
 }
+
+
+async def delete_owned(
+    session: AsyncSession,
+    model: type[Manifest | LlmCredential],
+    row_id: uuid.UUID,
+    organization_id: uuid.UUID,
+) -> None:
+    """Delete one row of the organization; NOT_FOUND when a concurrent delete got there first."""
+    result = await session.execute(
+        delete(model).where(model.id == row_id, model.organization_id == organization_id)
+    )
+    if result.rowcount == 0:  # type: ignore[attr-defined]
+        raise NotFound()

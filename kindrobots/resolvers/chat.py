@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
@@ -66,6 +67,11 @@ class WidgetCaller:
     project_id: uuid.UUID
     organization_id: uuid.UUID
     end_user: str | None
+    # What was checked at connection time, checked again before every message, so that
+    # a rotated key, a removed origin or an expired token ends an open connection too.
+    project_key: str = ""
+    origin: str | None = None
+    expires_at: float | None = None
 
 
 class WidgetRejected(Exception):
@@ -102,7 +108,7 @@ async def authenticate_widget(
         origin, list(project.allowed_origins)
     ):
         raise WidgetRejected(4403, f"origin {str(origin)[:100]!r} not allowed for the project")
-    end_user = None
+    end_user, expires_at = None, None
     if project.access_mode == AccessMode.AUTHENTICATED.value:
         if not token:
             raise WidgetRejected(4401, "end-user token missing")
@@ -117,8 +123,10 @@ async def authenticate_widget(
             )
         except InvalidToken as exc:
             raise WidgetRejected(4401, f"end-user token refused: {exc.reason}") from None
-        end_user = user.subject
-    return WidgetCaller(project.id, project.organization_id, end_user)
+        end_user, expires_at = user.subject, user.expires_at
+    return WidgetCaller(
+        project.id, project.organization_id, end_user, project.publishable_key, origin, expires_at
+    )
 
 
 @dataclass(frozen=True)
@@ -149,19 +157,32 @@ class _Agent:
     manifests: list[tuple[list[str], list[dict[str, Any]]]] = field(default_factory=list)
 
 
-async def _load_agent(services: Services, project_id: uuid.UUID) -> _Agent:
+def _still_allowed(caller: WidgetCaller, project: Project | None) -> None:
+    if project is None or project.publishable_key != caller.project_key:
+        raise Forbidden("This project key is no longer valid.")
+    if caller.origin is not None and not origin_allowed(
+        caller.origin, list(project.allowed_origins)
+    ):
+        raise Forbidden("This site is no longer allowed to use this chat.")
+    if project.access_mode == AccessMode.AUTHENTICATED.value and caller.end_user is None:
+        raise Unauthenticated("This chat now needs a signed-in end user.")
+    if caller.expires_at is not None and time.time() >= caller.expires_at:
+        raise Unauthenticated("The end-user token has expired.")
+
+
+async def _load_agent(services: Services, caller: WidgetCaller) -> _Agent:
     async with services.read() as session:
         row = (
             await session.execute(
-                select(Agent, LlmCredential)
-                .join(Project, Project.agent_id == Agent.id)
+                select(Project, Agent, LlmCredential)
+                .join(Agent, Project.agent_id == Agent.id)
                 .outerjoin(LlmCredential, LlmCredential.id == Agent.llm_credential_id)
-                .where(Project.id == project_id)
+                .where(Project.id == caller.project_id)
             )
         ).first()
-        if row is None:
-            raise NotFound("This project no longer exists.")
-        agent, credential = row
+        _still_allowed(caller, row[0] if row else None)
+        assert row is not None
+        _project, agent, credential = row
         versions = (
             await session.scalars(
                 select(ManifestVersion)
@@ -279,7 +300,7 @@ async def chat(
     text = text.strip()
     if not 1 <= len(text) <= MAX_MESSAGE_CHARS:
         raise BadUserInput("message", f"Messages are 1 to {MAX_MESSAGE_CHARS} characters long.")
-    loaded = await _load_agent(services, caller.project_id)
+    loaded = await _load_agent(services, caller)
     conversation = await _conversation(services, caller, conversation_id)
     async with services.read() as session:
         history = list(
@@ -432,6 +453,20 @@ async def get_conversation(ctx: RequestContext, conversation_id: uuid.UUID) -> C
     return conversation
 
 
+async def get_message(ctx: RequestContext, message_id: uuid.UUID) -> Message:
+    viewer = await require_viewer(ctx)
+    async with ctx.services.read() as session:
+        message = await session.scalar(
+            select(Message).where(
+                Message.id == message_id,
+                Message.organization_id.in_(member_organizations(viewer)),
+            )
+        )
+    if message is None:
+        raise NotFound()
+    return message
+
+
 async def project_events(
     ctx: RequestContext, project_id: uuid.UUID
 ) -> AsyncIterator[dict[str, Any]]:
@@ -449,6 +484,10 @@ async def project_events(
     await require_role(ctx, project.organization_id, Role.EDITOR)
     async with ctx.services.broker.subscribe(channel(project.id)) as messages:
         async for message in messages:
+            # Session and role are read again for every event: a removed member or a
+            # signed-out session stops receiving customers' conversations at once.
+            ctx.begin_operation()
+            await require_role(ctx, project.organization_id, Role.EDITOR)
             yield message
 
 

@@ -14,7 +14,12 @@ from kindrobots.db.locks import lock_organization
 from kindrobots.db.models import LlmCredential
 from kindrobots.ids import to_global_id
 from kindrobots.resolvers import audit, validation
-from kindrobots.resolvers.access import member_organizations, require_role, require_viewer
+from kindrobots.resolvers.access import (
+    delete_owned,
+    member_organizations,
+    require_role,
+    require_viewer,
+)
 from kindrobots.security.crypto import DecryptionError, KeyRing, Sealed
 from kindrobots.security.errors import BadUserInput, NotFound
 from kindrobots.security.redaction import register_secret
@@ -112,7 +117,7 @@ async def delete_credential(ctx: RequestContext, credential_id: uuid.UUID) -> bo
     async with ctx.services.write() as session:
         # Ordered with createAgent/updateAgent, which check that their credential exists.
         await lock_organization(session, row.organization_id)
-        await session.delete(await session.merge(row))
+        await delete_owned(session, LlmCredential, row.id, row.organization_id)
         await audit.record(
             session,
             ctx,

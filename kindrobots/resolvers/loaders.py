@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, func, select
+from sqlalchemy.orm import aliased
 from strawberry.dataloader import DataLoader
 
 from kindrobots.context import RequestContext, Services
@@ -18,10 +19,12 @@ from kindrobots.db.models import (
     LlmCredential,
     Manifest,
     ManifestVersion,
+    Message,
     Organization,
     Project,
     User,
 )
+from kindrobots.db.pagination import Page, first_page
 from kindrobots.resolvers.access import member_organizations, require_viewer
 
 Owned = TypeVar("Owned", Agent, LlmCredential, Project)
@@ -112,6 +115,42 @@ def _latest_versions(ctx: RequestContext) -> DataLoader[uuid.UUID, ManifestVersi
     return DataLoader(load_fn=load)
 
 
+def _first_messages(ctx: RequestContext) -> DataLoader[tuple[uuid.UUID, int], Page[Message]]:
+    """The first page of many conversations' messages in one statement (a window function)."""
+
+    async def load(keys: Sequence[tuple[uuid.UUID, int]]) -> list[Page[Message]]:
+        viewer = await require_viewer(ctx)
+        largest = max(first for _, first in keys)
+        position = (
+            func.row_number()
+            .over(partition_by=Message.conversation_id, order_by=(Message.created_at, Message.id))
+            .label("position")
+        )
+        ranked = (
+            select(Message, position)
+            .where(
+                Message.conversation_id.in_({conversation for conversation, _ in keys}),
+                Message.organization_id.in_(member_organizations(viewer)),
+            )
+            .subquery()
+        )
+        ordered = aliased(Message, ranked)
+        async with ctx.services.read() as session:
+            rows = (
+                await session.execute(
+                    select(ordered, ranked.c.position)
+                    .where(ranked.c.position <= largest + 1)
+                    .order_by(ranked.c.conversation_id, ranked.c.position)
+                )
+            ).all()
+        grouped: dict[uuid.UUID, list[Message]] = defaultdict(list)
+        for message, _position in rows:
+            grouped[message.conversation_id].append(message)
+        return [first_page(grouped[conversation], first) for conversation, first in keys]
+
+    return DataLoader(load_fn=load)
+
+
 @dataclass
 class Loaders:
     user: DataLoader[uuid.UUID, User | None]
@@ -121,6 +160,7 @@ class Loaders:
     credential: DataLoader[uuid.UUID, LlmCredential | None]
     agent_manifests: DataLoader[uuid.UUID, list[Manifest]]
     latest_version: DataLoader[uuid.UUID, ManifestVersion | None]
+    first_messages: DataLoader[tuple[uuid.UUID, int], Page[Message]]
 
 
 def loaders(ctx: RequestContext) -> Loaders:
@@ -134,6 +174,7 @@ def loaders(ctx: RequestContext) -> Loaders:
             credential=_owned(ctx, LlmCredential),
             agent_manifests=_manifests_of_agents(ctx),
             latest_version=_latest_versions(ctx),
+            first_messages=_first_messages(ctx),
         )
         ctx.loader_cache["loaders"] = cached
     assert isinstance(cached, Loaders)

@@ -15,7 +15,12 @@ from kindrobots.db.models import Manifest, ManifestVersion
 from kindrobots.db.pagination import Page, paginate
 from kindrobots.ids import to_global_id
 from kindrobots.resolvers import audit, openapi, validation
-from kindrobots.resolvers.access import member_organizations, require_role, require_viewer
+from kindrobots.resolvers.access import (
+    delete_owned,
+    member_organizations,
+    require_role,
+    require_viewer,
+)
 from kindrobots.security.errors import BadUserInput, NotFound
 from kindrobots.security.ssrf import Limits, outbound_request
 
@@ -25,7 +30,13 @@ def _absolute_servers(servers: list[str], source_url: str | None) -> list[str]:
     if not source_url:
         return servers
     base = URL(source_url)
-    return [str(base.join(URL(server))) for server in servers]
+    absolute = []
+    for server in servers:
+        try:
+            absolute.append(str(base.join(URL(server))))
+        except ValueError:
+            raise BadUserInput("openapi", f"Server URL {server[:100]!r} is not valid.") from None
+    return absolute
 
 
 async def create_manifest(
@@ -103,7 +114,9 @@ async def import_manifest(
         text = response.body.decode("utf-8")
     except UnicodeDecodeError:
         raise BadUserInput("url", "The document is not UTF-8 text.") from None
-    return await create_manifest(ctx, organization_id, name, text, source_url=response.url)
+    # Query strings of document URLs often carry access tokens; members may read sourceUrl.
+    source_url = str(URL(response.url).with_query(None).with_fragment(None))
+    return await create_manifest(ctx, organization_id, name, text, source_url=source_url)
 
 
 async def _scoped(ctx: RequestContext, manifest_id: uuid.UUID) -> Manifest:
@@ -131,7 +144,7 @@ async def delete_manifest(ctx: RequestContext, manifest_id: uuid.UUID) -> bool:
     async with ctx.services.write() as session:
         # Ordered with createAgent/updateAgent, which check that their manifests exist.
         await lock_organization(session, manifest.organization_id)
-        await session.delete(await session.merge(manifest))
+        await delete_owned(session, Manifest, manifest.id, manifest.organization_id)
         await audit.record(
             session,
             ctx,

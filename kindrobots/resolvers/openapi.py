@@ -23,6 +23,8 @@ MAX_OPERATIONS = 200
 MAX_NESTING = 64
 MAX_SCHEMA_DEPTH = 24
 MAX_SCHEMA_NODES = 2000
+MAX_SCHEMA_CHARS = 100_000
+MAX_OUTPUT_CHARS = 4_000_000
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 OPERATION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 FIELD = "openapi"
@@ -154,9 +156,12 @@ def parse(text: str) -> Document:
             if not isinstance(operation, dict):
                 raise _bad(f"{method.upper()} {path} must be an object.")
             operations.append(_operation(resolver, method, path, operation, shared, used_ids))
+    listed = document.get("servers") or []
+    if not isinstance(listed, list):
+        raise _bad("`servers` must be a list.")
     servers = [
-        server["url"]
-        for server in document.get("servers") or []
+        server["url"][:2048]
+        for server in listed
         if isinstance(server, dict) and isinstance(server.get("url"), str)
     ]
     return Document(title=info["title"], servers=servers, operations=operations)
@@ -200,7 +205,7 @@ def _operation(
     properties: dict[str, Any] = {}
     required: list[str] = []
     locations: dict[str, str] = {}
-    budget = _Budget()
+    budget = _Budget(resolver.output)
     for (name, location), parameter in merged.items():
         schema = resolver.schema(parameter.get("schema", {}), budget)
         if isinstance(parameter.get("description"), str):
@@ -234,18 +239,42 @@ def _operation(
 
 
 class _Budget:
-    def __init__(self) -> None:
-        self.nodes = 0
+    """What inlining $refs may produce: parts and characters per operation and per document.
 
-    def spend(self) -> None:
+    A small document can reference one large schema from many places; counting
+    only parts would let it expand to gigabytes.
+    """
+
+    def __init__(self, document: _DocumentBudget) -> None:
+        self.nodes = 0
+        self.chars = 0
+        self.document = document
+
+    def spend(self, chars: int = 0) -> None:
         self.nodes += 1
+        self.chars += chars
+        self.document.chars += chars
         if self.nodes > MAX_SCHEMA_NODES:
             raise _bad(f"An operation's schema has more than {MAX_SCHEMA_NODES} parts.")
+        if self.chars > MAX_SCHEMA_CHARS:
+            raise _bad(f"An operation's schema expands to more than {MAX_SCHEMA_CHARS} characters.")
+        if self.document.chars > MAX_OUTPUT_CHARS:
+            raise _bad(f"The operations expand to more than {MAX_OUTPUT_CHARS} characters.")
+
+
+@dataclass
+class _DocumentBudget:
+    chars: int = 0
+
+
+def _size(value: Any) -> int:
+    return len(value) if isinstance(value, str) else len(json.dumps(value, default=str))
 
 
 class _Resolver:
     def __init__(self, document: dict[str, Any]) -> None:
         self.document = document
+        self.output = _DocumentBudget()
 
     def lookup(self, ref: str, where: str) -> Any:
         if not ref.startswith("#/"):
@@ -273,7 +302,7 @@ class _Resolver:
         self, node: Any, budget: _Budget, stack: tuple[str, ...] = (), depth: int = 0
     ) -> Any:
         """A JSON Schema with $refs inlined; a cycle or excess depth becomes an open object."""
-        budget.spend()
+        budget.spend(len(node) if isinstance(node, str) else 0)
         if isinstance(node, list):
             return [self.schema(item, budget, stack, depth) for item in node]
         if not isinstance(node, dict):
@@ -289,9 +318,12 @@ class _Resolver:
             return self.schema(target, budget, (*stack, ref), depth + 1)
         if depth >= MAX_SCHEMA_DEPTH:
             return {"description": "(nested too deep to expand)"}
-        return {
-            key: self.schema(value, budget, stack, depth + 1)
-            if key not in ("description", "example", "examples", "default", "enum", "const")
-            else value
-            for key, value in node.items()
-        }
+        expanded: dict[str, Any] = {}
+        for key, value in node.items():
+            if key in ("description", "example", "examples", "default", "enum", "const"):
+                budget.spend(_size(value))  # copied as is, but counted like the rest
+                expanded[key] = value
+            else:
+                budget.spend(len(key))
+                expanded[key] = self.schema(value, budget, stack, depth + 1)
+        return expanded

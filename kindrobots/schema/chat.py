@@ -14,6 +14,7 @@ from strawberry.scalars import JSON
 from kindrobots.chat.providers import TextDelta
 from kindrobots.chat.runtime import ToolRun
 from kindrobots.db import models
+from kindrobots.db.pagination import check_first
 from kindrobots.ids import from_global_id, to_global_id
 from kindrobots.resolvers import chat
 from kindrobots.resolvers.loaders import loaders
@@ -122,9 +123,11 @@ class ConversationType(Node):
     async def messages(
         self, info: Info, first: int | None = 50, after: str | None = None
     ) -> Connection[MessageType]:
-        page = await chat.list_messages(
-            info.context, self.row, 50 if first is None else first, after
-        )
+        first = check_first(50 if first is None else first)  # before a batch it would fail
+        if after is None:  # the common case, batched across conversations
+            page = await loaders(info.context).first_messages.load((self.row.id, first))
+        else:
+            page = await chat.list_messages(info.context, self.row, first, after)
         return to_connection(page, MessageType.from_row)
 
     @classmethod
@@ -210,21 +213,25 @@ class ChatMutation:
     async def send_message(self, info: Info, input: ChatInput) -> ChatReply:
         caller = chat.require_widget(info.context)
         conversation_id: uuid.UUID | None = None
-        async for event in chat.chat(
+        events = chat.chat(
             info.context, caller, _conversation_id(input.conversation_id), input.message
-        ):
-            if isinstance(event, chat.Started):
-                conversation_id = event.conversation_id
-            elif isinstance(event, chat.Failed):
-                if event.retry_after:
-                    raise RateLimited(event.retry_after, event.message)
-                raise UpstreamError(event.message)
-            elif isinstance(event, chat.Completed):
-                assert conversation_id is not None
-                return ChatReply(
-                    conversation_id=strawberry.ID(to_global_id("Conversation", conversation_id)),
-                    message_id=strawberry.ID(to_global_id("Message", event.message_id)),
-                    content=event.content,
-                    usage=_usage(event.usage),
-                )
+        )
+        async with aclosing(events):  # returning mid-loop must still close the stream
+            async for event in events:
+                if isinstance(event, chat.Started):
+                    conversation_id = event.conversation_id
+                elif isinstance(event, chat.Failed):
+                    if event.retry_after:
+                        raise RateLimited(event.retry_after, event.message)
+                    raise UpstreamError(event.message)
+                elif isinstance(event, chat.Completed):
+                    assert conversation_id is not None
+                    return ChatReply(
+                        conversation_id=strawberry.ID(
+                            to_global_id("Conversation", conversation_id)
+                        ),
+                        message_id=strawberry.ID(to_global_id("Message", event.message_id)),
+                        content=event.content,
+                        usage=_usage(event.usage),
+                    )
         raise UpstreamError("The reply ended without completing.")

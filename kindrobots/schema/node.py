@@ -21,7 +21,7 @@ from kindrobots.resolvers import (
 from kindrobots.schema.agents import AgentType
 from kindrobots.schema.audit import AuditEventType
 from kindrobots.schema.base import Info, Node
-from kindrobots.schema.chat import ConversationType
+from kindrobots.schema.chat import ConversationType, MessageType
 from kindrobots.schema.credentials import LlmCredentialType
 from kindrobots.schema.manifests import ManifestType
 from kindrobots.schema.organizations import OrganizationType
@@ -65,8 +65,13 @@ async def _conversation(ctx: RequestContext, raw_id: uuid.UUID) -> Node:
     return ConversationType.from_row(await chat.get_conversation(ctx, raw_id))
 
 
+async def _message(ctx: RequestContext, raw_id: uuid.UUID) -> Node:
+    return MessageType.from_row(await chat.get_message(ctx, raw_id))
+
+
 FETCHERS: dict[str, Fetch] = {
     "Conversation": _conversation,
+    "Message": _message,
     "Organization": _organization,
     "User": _user,
     "AuditEvent": _audit_event,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 
 import strawberry
@@ -17,7 +16,6 @@ class UserType(Node):
     email: str
     display_name: str
     created_at: datetime
-    raw_id: strawberry.Private[uuid.UUID]
 
     @classmethod
     def from_row(cls, row: models.User) -> UserType:
@@ -26,5 +24,4 @@ class UserType(Node):
             email=row.email,
             display_name=row.display_name,
             created_at=row.created_at,
-            raw_id=row.id,
         )

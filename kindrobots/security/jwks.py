@@ -30,6 +30,7 @@ LEEWAY_SECONDS = 30
 DEFAULT_MAX_AGE = 300
 MAX_MAX_AGE = 86400
 REFETCH_INTERVAL = 60
+FAILURE_TTL = 30
 MIN_MAX_AGE = REFETCH_INTERVAL
 JWKS_LIMITS = Limits(timeout=5.0, max_bytes=64 * 1024, max_redirects=2)
 
@@ -46,13 +47,12 @@ class InvalidToken(Exception):
 class _Entry:
     keys: dict[str, jwt.PyJWK]
     expires: float
-    fetched: float
 
 
 @dataclass(frozen=True)
 class EndUser:
     subject: str
-    claims: dict[str, Any]
+    expires_at: float
 
 
 class JwksCache:
@@ -62,6 +62,7 @@ class JwksCache:
         self._locks: dict[str, asyncio.Lock] = {}
         # When an unknown kid last forced a refetch of the URL: the rate limit of that path.
         self._refetched: dict[str, float] = {}
+        self._failures: dict[str, tuple[float, str]] = {}
 
     async def _fetch(self, url: str) -> _Entry:
         try:
@@ -82,20 +83,31 @@ class JwksCache:
         except (ValueError, AttributeError):
             raise InvalidToken("JWKS is not a JSON key set") from None
         now = time.monotonic()
-        return _Entry(keys, now + _max_age(response.headers.get("Cache-Control")), now)
+        return _Entry(keys, now + _max_age(response.headers.get("Cache-Control")))
 
     async def key(self, url: str, kid: str) -> jwt.PyJWK:
         lock = self._locks.setdefault(url, asyncio.Lock())
         async with lock:
             entry = self._entries.get(url)
             now = time.monotonic()
-            if entry is None or entry.expires <= now:
-                entry = self._entries[url] = await self._fetch(url)
-            elif kid not in entry.keys and now - self._refetched.get(url, -inf) >= REFETCH_INTERVAL:
-                # Counted from the last refetch for an unknown kid, not from the last fetch:
-                # a rotation right after a routine fetch is picked up at once.
-                self._refetched[url] = now
-                entry = self._entries[url] = await self._fetch(url)
+            failed_until, reason = self._failures.get(url, (-inf, ""))
+            if now < failed_until:
+                # A JWKS that just failed is not fetched again for every connection attempt.
+                raise InvalidToken(reason)
+            try:
+                if entry is None or entry.expires <= now:
+                    entry = self._entries[url] = await self._fetch(url)
+                elif (
+                    kid not in entry.keys
+                    and now - self._refetched.get(url, -inf) >= REFETCH_INTERVAL
+                ):
+                    # Counted from the last refetch for an unknown kid, not from the last
+                    # fetch: a rotation right after a routine fetch is picked up at once.
+                    self._refetched[url] = now
+                    entry = self._entries[url] = await self._fetch(url)
+            except InvalidToken as exc:
+                self._failures[url] = (now + FAILURE_TTL, exc.reason)
+                raise
         assert entry is not None
         found = entry.keys.get(kid)
         if found is None:
@@ -145,4 +157,4 @@ async def verify_end_user(
         raise InvalidToken("wrong issuer") from None
     except jwt.PyJWTError:
         raise InvalidToken("bad signature or claims") from None
-    return EndUser(str(claims["sub"])[:255], claims)
+    return EndUser(str(claims["sub"])[:255], float(claims["exp"]))

@@ -17,7 +17,6 @@ import contextvars
 import logging
 import re
 import traceback
-from collections.abc import Iterable
 
 REDACTED = "[REDACTED]"
 
@@ -83,11 +82,6 @@ def register_secret(value: str | None) -> None:
     """Redact ``value`` from every record logged later in this context (request, task)."""
     if value and len(value) >= MIN_REGISTERED_LENGTH:
         _request_secrets.set(_request_secrets.get() | {value})
-
-
-def register_secrets(values: Iterable[str | None]) -> None:
-    for value in values:
-        register_secret(value)
 
 
 def _luhn(digits: str) -> bool:

@@ -78,7 +78,7 @@ def is_public(address: IPAddress) -> bool:
         embedded = _embedded_ipv4(address)
         if embedded is not None:
             return is_public(embedded)
-        if address.scope_id:
+        if address.scope_id or address.is_site_local:  # fec0::/10, deprecated but routed inside
             return False
     return address.is_global and not (
         address.is_multicast or address.is_reserved or address.is_unspecified
@@ -255,9 +255,14 @@ async def outbound_request(
                 ):
                     location = response.headers.get("Location")
                     if response.status in REDIRECTS and location:
-                        target = target.join(URL(location))
-                        if response.status == 303:
-                            method, json = "GET", None
+                        following = target.join(URL(location))
+                        if response.status in (301, 302, 303) and method != "HEAD":
+                            method, json = "GET", None  # as browsers do: the body stays here
+                        if (following.host, following.port) != (target.host, target.port):
+                            headers = {  # nothing the first host was trusted with goes on
+                                k: v for k, v in (headers or {}).items() if k.lower() == "accept"
+                            }
+                        target = following
                         continue
                     body = await _read_capped(response, limits.max_bytes)
                     return OutboundResponse(

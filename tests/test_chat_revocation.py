@@ -1,0 +1,90 @@
+"""Open connections do not outlive the access that opened them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+from tests.chat_helpers import CHAT, ORIGIN, deploy, widget_chat
+from tests.conftest import Client, RunningServer, sign_up
+from tests.org_helpers import build_team, remove
+from tests.test_live_feed import LiveFeed, error_codes, in_process
+
+ROTATE = "mutation($id: ID!) { rotateProjectKey(id: $id) { publishableKey } }"
+UPDATE = """
+mutation($input: UpdateProjectInput!) { updateProject(input: $input) { allowedOrigins } }
+"""
+
+
+async def _next_answer_codes(ws: aiohttp.ClientWebSocketResponse, message: str) -> list[str]:
+    variables = {"input": {"message": message}}
+    await ws.send_json(
+        {"type": "subscribe", "id": message, "payload": {"query": CHAT, "variables": variables}}
+    )
+    while True:
+        frame = await ws.receive_json(timeout=20)
+        if frame["type"] == "complete":
+            return []
+        if frame["type"] == "error" or frame["payload"].get("errors"):
+            return error_codes(frame)
+
+
+async def _open_widget_then_change(
+    client: Client,
+    server: RunningServer,
+    http: aiohttp.ClientSession,
+    change: str,
+    variables: dict[str, Any],
+) -> list[str]:
+    """Chat once on an open widget socket, apply ``change``, and chat again on it."""
+    account = await sign_up(client)
+    deployed = await deploy(client, account)
+    async with http.ws_connect(
+        server.ws_url, protocols=["graphql-transport-ws"], headers={"Origin": ORIGIN}
+    ) as ws:
+        await ws.send_json(
+            {"type": "connection_init", "payload": {"projectKey": deployed.project_key}}
+        )
+        assert (await ws.receive_json(timeout=10))["type"] == "connection_ack"
+        assert await _next_answer_codes(ws, "before") == []
+        variables = {**variables, "id": deployed.project_id}
+        changed = await client.execute(
+            change,
+            variables if change is ROTATE else {"input": variables},
+            token=account.access_token,
+        )
+        assert changed.errors == []
+        return await _next_answer_codes(ws, "after")
+
+
+async def test_a_rotated_key_stops_an_open_widget(
+    client: Client, server: RunningServer, http: aiohttp.ClientSession
+) -> None:
+    assert await _open_widget_then_change(client, server, http, ROTATE, {}) == ["FORBIDDEN"]
+
+
+async def test_a_removed_origin_stops_an_open_widget(
+    client: Client, server: RunningServer, http: aiohttp.ClientSession
+) -> None:
+    codes = await _open_widget_then_change(
+        client, server, http, UPDATE, {"allowedOrigins": ["https://other.example.org"]}
+    )
+    assert codes == ["FORBIDDEN"]
+
+
+async def test_a_removed_editor_stops_receiving_the_live_feed(
+    client: Client, server: RunningServer, http: aiohttp.ClientSession
+) -> None:
+    team = await build_team(client, server)
+    deployed = await deploy(client, team.owner)
+    async with LiveFeed.open(
+        http, server.ws_url, team.editor.access_token, deployed.project_id, in_process(server)
+    ) as feed:
+        removed = await remove(
+            client, team.owner.access_token, team.organization_id, team.editor.user_id
+        )
+        assert removed.errors == []
+        await widget_chat(http, server, deployed.project_key, "private question")
+        frame = await feed.frame()
+        assert error_codes(frame) == ["NOT_FOUND"], frame

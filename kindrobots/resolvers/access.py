@@ -6,10 +6,12 @@ import asyncio
 import uuid
 
 from sqlalchemy import Select, and_, delete, select
+from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kindrobots.auth.roles import Role
 from kindrobots.context import RequestContext, Viewer
+from kindrobots.db.locks import lock_organization
 from kindrobots.db.models import (
     Agent,
     AuditEvent,
@@ -124,3 +126,13 @@ async def delete_owned(
     )
     if result.rowcount == 0:  # type: ignore[attr-defined]
         raise NotFound()
+
+
+async def lock_and_reload(session: AsyncSession, row: Agent | Project) -> None:
+    """Take the organization lock, then read ``row`` again: it may have changed or gone
+    between the scoped read and the lock (a concurrent delete answers NOT_FOUND)."""
+    await lock_organization(session, row.organization_id)
+    try:
+        await session.refresh(row)
+    except InvalidRequestError:
+        raise NotFound() from None

@@ -16,7 +16,12 @@ from kindrobots.db.models import Agent, AgentManifest, LlmCredential, Manifest, 
 from kindrobots.db.pagination import Page, paginate
 from kindrobots.ids import to_global_id
 from kindrobots.resolvers import audit, validation
-from kindrobots.resolvers.access import member_organizations, require_role, require_viewer
+from kindrobots.resolvers.access import (
+    lock_and_reload,
+    member_organizations,
+    require_role,
+    require_viewer,
+)
 from kindrobots.security.errors import BadUserInput, Conflict, NotFound
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,99}$")
@@ -159,7 +164,7 @@ async def update_agent(ctx: RequestContext, agent_id: uuid.UUID, fields: AgentFi
     async with ctx.services.write() as session:
         agent = await _scoped(session, ctx, agent_id)
         await require_role(ctx, agent.organization_id, Role.EDITOR)
-        await lock_organization(session, agent.organization_id)
+        await lock_and_reload(session, agent)
         await _check_references(session, agent.organization_id, fields)
         changed = []
         for name in ("name", "system_prompt", "model", "temperature", "llm_credential_id"):

@@ -17,7 +17,12 @@ from kindrobots.db.models import Agent, Project
 from kindrobots.db.pagination import Page, paginate
 from kindrobots.ids import to_global_id
 from kindrobots.resolvers import audit, validation
-from kindrobots.resolvers.access import member_organizations, require_role, require_viewer
+from kindrobots.resolvers.access import (
+    lock_and_reload,
+    member_organizations,
+    require_role,
+    require_viewer,
+)
 from kindrobots.security.errors import BadUserInput, NotFound
 from kindrobots.security.origins import normalize_origins
 from kindrobots.security.ssrf import check_url
@@ -149,8 +154,8 @@ async def update_project(
     async with ctx.services.write() as session:
         project = await _scoped(session, ctx, project_id)
         await require_role(ctx, project.organization_id, Role.EDITOR)
+        await lock_and_reload(session, project)
         if fields.agent_id is not None:
-            await lock_organization(session, project.organization_id)
             await _agent_in(session, project.organization_id, fields.agent_id)
         changed = []
         for name in (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import TypeVar
 
 from sqlalchemy import Select, and_, delete, select
 from sqlalchemy.exc import InvalidRequestError
@@ -16,9 +17,11 @@ from kindrobots.db.models import (
     Agent,
     AuditEvent,
     AuthSession,
+    Conversation,
     LlmCredential,
     Manifest,
     Membership,
+    Message,
     Project,
     User,
 )
@@ -136,3 +139,24 @@ async def lock_and_reload(session: AsyncSession, row: Agent | Project) -> None:
         await session.refresh(row)
     except InvalidRequestError:
         raise NotFound() from None
+
+
+Scoped = TypeVar(
+    "Scoped", Agent, AuditEvent, Conversation, LlmCredential, Manifest, Message, Project
+)
+
+
+async def scoped_get(
+    session: AsyncSession, ctx: RequestContext, model: type[Scoped], row_id: uuid.UUID
+) -> Scoped:
+    """One row of the caller's organizations by ID, filtered in SQL; NOT_FOUND otherwise,
+    exactly as for an ID that does not exist."""
+    viewer = await require_viewer(ctx)
+    row = await session.scalar(
+        select(model).where(
+            model.id == row_id, model.organization_id.in_(member_organizations(viewer))
+        )
+    )
+    if row is None:
+        raise NotFound()
+    return row

@@ -21,6 +21,7 @@ from kindrobots.resolvers.access import (
     member_organizations,
     require_role,
     require_viewer,
+    scoped_get,
 )
 from kindrobots.security.errors import BadUserInput, Conflict, NotFound
 
@@ -141,28 +142,16 @@ async def create_agent(
     return agent
 
 
-async def _scoped(session: AsyncSession, ctx: RequestContext, agent_id: uuid.UUID) -> Agent:
-    viewer = await require_viewer(ctx)
-    agent = await session.scalar(
-        select(Agent).where(
-            Agent.id == agent_id, Agent.organization_id.in_(member_organizations(viewer))
-        )
-    )
-    if agent is None:
-        raise NotFound()
-    return agent
-
-
 async def get_agent(ctx: RequestContext, agent_id: uuid.UUID) -> Agent:
     async with ctx.services.read() as session:
-        return await _scoped(session, ctx, agent_id)
+        return await scoped_get(session, ctx, Agent, agent_id)
 
 
 async def update_agent(ctx: RequestContext, agent_id: uuid.UUID, fields: AgentFields) -> Agent:
     viewer = await require_viewer(ctx)
     fields = validate(fields)
     async with ctx.services.write() as session:
-        agent = await _scoped(session, ctx, agent_id)
+        agent = await scoped_get(session, ctx, Agent, agent_id)
         await require_role(ctx, agent.organization_id, Role.EDITOR)
         await lock_and_reload(session, agent)
         await _check_references(session, agent.organization_id, fields)
@@ -195,7 +184,7 @@ async def update_agent(ctx: RequestContext, agent_id: uuid.UUID, fields: AgentFi
 async def delete_agent(ctx: RequestContext, agent_id: uuid.UUID) -> bool:
     viewer = await require_viewer(ctx)
     async with ctx.services.write() as session:
-        agent = await _scoped(session, ctx, agent_id)
+        agent = await scoped_get(session, ctx, Agent, agent_id)
         await require_role(ctx, agent.organization_id, Role.EDITOR)
         # Ordered with createProject/updateProject: a project cannot appear after the count.
         await lock_organization(session, agent.organization_id)

@@ -13,8 +13,12 @@ from kindrobots.context import RequestContext
 from kindrobots.db import audit_chain
 from kindrobots.db.models import AuditEvent
 from kindrobots.db.pagination import Page, paginate
-from kindrobots.resolvers.access import member_organizations, require_role, require_viewer
-from kindrobots.security.errors import NotFound
+from kindrobots.resolvers.access import (
+    member_organizations,
+    require_role,
+    require_viewer,
+    scoped_get,
+)
 
 
 async def record(
@@ -64,15 +68,7 @@ async def list_events(
 
 async def get_event(ctx: RequestContext, event_id: uuid.UUID) -> AuditEvent:
     """By ID for ``node``: ADMIN of the event's organization, NOT_FOUND for outsiders."""
-    viewer = await require_viewer(ctx)
     async with ctx.services.read() as session:
-        event = await session.scalar(
-            select(AuditEvent).where(
-                AuditEvent.id == event_id,
-                AuditEvent.organization_id.in_(member_organizations(viewer)),
-            )
-        )
-    if event is None:
-        raise NotFound()
+        event = await scoped_get(session, ctx, AuditEvent, event_id)
     await require_role(ctx, event.organization_id, Role.ADMIN)
     return event

@@ -47,7 +47,12 @@ from kindrobots.db.models import (
     Project,
 )
 from kindrobots.db.pagination import Page, paginate
-from kindrobots.resolvers.access import member_organizations, require_role, require_viewer
+from kindrobots.resolvers.access import (
+    member_organizations,
+    require_role,
+    require_viewer,
+    scoped_get,
+)
 from kindrobots.resolvers.credentials import LlmProvider, open_api_key
 from kindrobots.resolvers.projects import AccessMode
 from kindrobots.security.errors import BadUserInput, Forbidden, NotFound, Unauthenticated
@@ -440,31 +445,13 @@ async def list_messages(
 
 
 async def get_conversation(ctx: RequestContext, conversation_id: uuid.UUID) -> Conversation:
-    viewer = await require_viewer(ctx)
     async with ctx.services.read() as session:
-        conversation = await session.scalar(
-            select(Conversation).where(
-                Conversation.id == conversation_id,
-                Conversation.organization_id.in_(member_organizations(viewer)),
-            )
-        )
-    if conversation is None:
-        raise NotFound()
-    return conversation
+        return await scoped_get(session, ctx, Conversation, conversation_id)
 
 
 async def get_message(ctx: RequestContext, message_id: uuid.UUID) -> Message:
-    viewer = await require_viewer(ctx)
     async with ctx.services.read() as session:
-        message = await session.scalar(
-            select(Message).where(
-                Message.id == message_id,
-                Message.organization_id.in_(member_organizations(viewer)),
-            )
-        )
-    if message is None:
-        raise NotFound()
-    return message
+        return await scoped_get(session, ctx, Message, message_id)
 
 
 async def project_events(

@@ -19,9 +19,10 @@ from kindrobots.resolvers.access import (
     member_organizations,
     require_role,
     require_viewer,
+    scoped_get,
 )
 from kindrobots.security.crypto import DecryptionError, KeyRing, Sealed
-from kindrobots.security.errors import BadUserInput, NotFound
+from kindrobots.security.errors import BadUserInput
 from kindrobots.security.redaction import register_secret
 from kindrobots.security.ssrf import check_url
 
@@ -97,17 +98,8 @@ async def add_credential(
 
 
 async def _scoped(ctx: RequestContext, credential_id: uuid.UUID) -> LlmCredential:
-    viewer = await require_viewer(ctx)
     async with ctx.services.read() as session:
-        row = await session.scalar(
-            select(LlmCredential).where(
-                LlmCredential.id == credential_id,
-                LlmCredential.organization_id.in_(member_organizations(viewer)),
-            )
-        )
-    if row is None:
-        raise NotFound()
-    return row
+        return await scoped_get(session, ctx, LlmCredential, credential_id)
 
 
 async def delete_credential(ctx: RequestContext, credential_id: uuid.UUID) -> bool:

@@ -20,8 +20,9 @@ from kindrobots.resolvers.access import (
     member_organizations,
     require_role,
     require_viewer,
+    scoped_get,
 )
-from kindrobots.security.errors import BadUserInput, NotFound
+from kindrobots.security.errors import BadUserInput
 from kindrobots.security.ssrf import Limits, outbound_request
 
 
@@ -120,17 +121,8 @@ async def import_manifest(
 
 
 async def _scoped(ctx: RequestContext, manifest_id: uuid.UUID) -> Manifest:
-    viewer = await require_viewer(ctx)
     async with ctx.services.read() as session:
-        manifest = await session.scalar(
-            select(Manifest).where(
-                Manifest.id == manifest_id,
-                Manifest.organization_id.in_(member_organizations(viewer)),
-            )
-        )
-    if manifest is None:
-        raise NotFound()
-    return manifest
+        return await scoped_get(session, ctx, Manifest, manifest_id)
 
 
 async def get_manifest(ctx: RequestContext, manifest_id: uuid.UUID) -> Manifest:

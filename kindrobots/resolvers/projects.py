@@ -22,6 +22,7 @@ from kindrobots.resolvers.access import (
     member_organizations,
     require_role,
     require_viewer,
+    scoped_get,
 )
 from kindrobots.security.errors import BadUserInput, NotFound
 from kindrobots.security.origins import normalize_origins
@@ -129,21 +130,9 @@ async def create_project(
     return project
 
 
-async def _scoped(session: AsyncSession, ctx: RequestContext, project_id: uuid.UUID) -> Project:
-    viewer = await require_viewer(ctx)
-    project = await session.scalar(
-        select(Project).where(
-            Project.id == project_id, Project.organization_id.in_(member_organizations(viewer))
-        )
-    )
-    if project is None:
-        raise NotFound()
-    return project
-
-
 async def get_project(ctx: RequestContext, project_id: uuid.UUID) -> Project:
     async with ctx.services.read() as session:
-        return await _scoped(session, ctx, project_id)
+        return await scoped_get(session, ctx, Project, project_id)
 
 
 async def update_project(
@@ -152,7 +141,7 @@ async def update_project(
     viewer = await require_viewer(ctx)
     fields = await _validate(ctx, fields)  # may resolve DNS: before the transaction opens
     async with ctx.services.write() as session:
-        project = await _scoped(session, ctx, project_id)
+        project = await scoped_get(session, ctx, Project, project_id)
         await require_role(ctx, project.organization_id, Role.EDITOR)
         await lock_and_reload(session, project)
         if fields.agent_id is not None:
@@ -191,7 +180,7 @@ async def update_project(
 async def rotate_project_key(ctx: RequestContext, project_id: uuid.UUID) -> Project:
     viewer = await require_viewer(ctx)
     async with ctx.services.write() as session:
-        project = await _scoped(session, ctx, project_id)
+        project = await scoped_get(session, ctx, Project, project_id)
         await require_role(ctx, project.organization_id, Role.EDITOR)
         project.publishable_key = new_publishable_key()
         project.updated_at = ctx.now()
@@ -210,7 +199,7 @@ async def rotate_project_key(ctx: RequestContext, project_id: uuid.UUID) -> Proj
 async def delete_project(ctx: RequestContext, project_id: uuid.UUID) -> bool:
     viewer = await require_viewer(ctx)
     async with ctx.services.write() as session:
-        project = await _scoped(session, ctx, project_id)
+        project = await scoped_get(session, ctx, Project, project_id)
         await require_role(ctx, project.organization_id, Role.EDITOR)
         await session.delete(project)
         await audit.record(

@@ -18,6 +18,9 @@ from kindrobots.security.errors import RateLimited
 from kindrobots.security.ratelimit import REFUSED
 
 PLAN_WINDOW = 60
+# Every ``fromPlan`` field draws on one count per key: the plan allows a project so many
+# chat messages a minute in all, whether they come over the widget or the HTTP API.
+PLAN_BUCKET = "plan.chatMessagesPerMinute"
 
 
 async def _organization_argument(
@@ -80,9 +83,10 @@ async def check(
     """Count one call; RATE_LIMITED with ``retryAfter`` when the key is over its limit."""
     if not ctx.settings.rate_limits:
         return
+    bucket = field
     if from_plan:
-        limit, window = await _plan_limit(ctx, limit), PLAN_WINDOW
-    key = f"rl:{field}:{per}:{await _key(ctx, per, arguments)}"
+        limit, window, bucket = await _plan_limit(ctx, limit), PLAN_WINDOW, PLAN_BUCKET
+    key = f"rl:{bucket}:{per}:{await _key(ctx, per, arguments)}"
     decision = await ctx.services.limiter.hit(key, limit, window)
     if not decision.allowed:
         REFUSED.labels(field=field).inc()

@@ -137,6 +137,20 @@ class Settings(BaseSettings):
     # Room for a 1 MB OpenAPI document (createManifest) in its JSON request, escapes included.
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
     shutdown_timeout: float = Field(default=10.0, ge=0)
+    # Operation limits (kindrobots.security.operation_limits); refusals are
+    # GRAPHQL_VALIDATION_FAILED.
+    max_query_depth: int = Field(default=12, ge=1, le=100)
+    max_aliases: int = Field(default=30, ge=0)
+    max_tokens: int = Field(default=5000, ge=100)
+    max_directives: int = Field(default=20, ge=0)
+    max_query_cost: int = Field(default=20000, ge=1)
+    # Unset: "on" in development, "authenticated" in production (see `introspection_mode`).
+    introspection: Literal["on", "authenticated", "off"] | None = None
+    graphql_batching: bool = False
+    graphql_max_batch: int = Field(default=10, ge=1, le=100)
+    # Direct TLS (PEM files), both or neither; unset = plain HTTP, TLS at a proxy.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @field_validator("encryption_keys", "signing_keys", mode="before")
     @classmethod
@@ -192,6 +206,24 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value or None
 
+    @field_validator("tls_cert", "tls_key", mode="before")
+    @classmethod
+    def _tls_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("tls_cert", "tls_key")
+    @classmethod
+    def _tls_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError("must name an existing file")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("KR_TLS_CERT and KR_TLS_KEY must be set together")
+        return self
+
     @model_validator(mode="after")
     def _production(self) -> Settings:
         if self.env != "production":
@@ -225,6 +257,11 @@ class Settings(BaseSettings):
     def postgres_ssl(self) -> str | None:
         """The asyncpg ``ssl`` mode: never plain text to the database in production."""
         return self.database_ssl or ("require" if self.is_production else None)
+
+    @property
+    def introspection_mode(self) -> Literal["on", "authenticated", "off"]:
+        """Who may run ``__schema``/``__type``: production hides the schema from strangers."""
+        return self.introspection or ("authenticated" if self.is_production else "on")
 
     @property
     def json_logs(self) -> bool:

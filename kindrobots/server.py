@@ -10,12 +10,12 @@ from typing import Any
 
 from aiohttp import WSCloseCode, web
 from aiohttp.abc import AbstractAccessLogger
-from cross_web import AsyncHTTPRequestAdapter, HTTPException
+from cross_web import HTTPException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from strawberry.aiohttp.views import GraphQLView
 from strawberry.exceptions import ConnectionRejectionError
-from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
+from strawberry.http import GraphQLHTTPResponse
 from strawberry.types import ExecutionResult
 
 from kindrobots.auth.tokens import TokenSigner
@@ -29,9 +29,11 @@ from kindrobots.resolvers.chat import WidgetCaller, WidgetRejected, authenticate
 from kindrobots.schema import build_schema
 from kindrobots.security.client_ip import client_ip
 from kindrobots.security.connections import ConnectionLimits, Slot
+from kindrobots.security.cors import CorsPolicy, project_origins, setup_cors
 from kindrobots.security.crypto import KeyRing
 from kindrobots.security.jwks import JwksCache
 from kindrobots.security.ratelimit import MemoryLimiter, RedisLimiter
+from kindrobots.security.transport import setup_transport, ssl_context_for
 from kindrobots.widget import add_widget_routes
 
 logger = logging.getLogger("kindrobots.server")
@@ -45,8 +47,6 @@ CSRF_HEADERS = ("X-Requested-With", "Apollo-Require-Preflight")
 CONNECTION: web.RequestKey[Slot] = web.RequestKey("connection_slot", Slot)
 REQUEST_ERROR: web.RequestKey[bool] = web.RequestKey("graphql_request_error", bool)
 RETRY_AFTER: web.RequestKey[int] = web.RequestKey("graphql_retry_after", int)
-# The GraphQL document itself; variables may be larger (an OpenAPI document is up to 1 MB).
-MAX_QUERY_CHARS = 128 * 1024
 
 
 def _bearer(header: str | None) -> str | None:
@@ -81,7 +81,7 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
     def __init__(self, services: Services) -> None:
         settings = services.settings
         super().__init__(
-            schema=build_schema(production=settings.is_production),
+            schema=build_schema(settings),
             graphql_ide=None if settings.is_production else "graphiql",
             connection_init_wait_timeout=timedelta(seconds=10),
             allowed_origins=settings.dashboard_origins,
@@ -220,15 +220,6 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
         websocket = await super().create_websocket_response(request, subprotocol)
         request.app[WEBSOCKETS].add(websocket)
         return websocket
-
-    async def parse_http_body(
-        self, request: AsyncHTTPRequestAdapter
-    ) -> GraphQLRequestData | list[GraphQLRequestData]:
-        data = await super().parse_http_body(request)
-        for item in data if isinstance(data, list) else [data]:
-            if item.query is not None and len(item.query) > MAX_QUERY_CHARS:
-                raise HTTPException(413, "The GraphQL document is too large.")
-        return data
 
     async def process_result(
         self, request: web.Request, result: ExecutionResult
@@ -380,6 +371,9 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
     app.router.add_get("/.well-known/jwks.json", jwks)
     app.router.add_get("/metrics", metrics)
     add_widget_routes(app, settings)
+    # Both go in front of any other middleware: the HTTPS redirect first, then CORS.
+    setup_cors(app, CorsPolicy(settings.dashboard_origins, project_origins(services)))
+    setup_transport(app, settings)
     app.on_shutdown.append(_close_websockets)
     app.on_cleanup.append(_close_services)
     return app
@@ -392,5 +386,6 @@ def run(settings: Settings, **kwargs: Any) -> None:
         port=settings.port,
         shutdown_timeout=settings.shutdown_timeout,
         access_log_class=AccessLogger,
+        ssl_context=ssl_context_for(settings),  # KR_TLS_CERT/KR_TLS_KEY; TLS 1.2 at least
         **kwargs,
     )

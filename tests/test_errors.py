@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from kindrobots.config import Settings
 from kindrobots.ids import to_global_id
 from kindrobots.resolvers import auth as auth_resolvers
 from kindrobots.resolvers import organizations as organization_resolvers
@@ -264,7 +265,8 @@ async def test_wrongly_typed_variable_is_a_validation_failure(client: Client) ->
 
 
 async def _messages(production: bool, document: str) -> list[str]:
-    result = await build_schema(production=production).execute(document)
+    settings = Settings.model_construct(env="production" if production else "development")
+    result = await build_schema(settings).execute(document)
     assert result.errors
     for error in result.errors:
         assert (error.extensions or {}).get("code") == "GRAPHQL_VALIDATION_FAILED"

@@ -18,6 +18,7 @@ from graphql.utilities import (
 from strawberry.permission import BasePermission, PermissionExtension
 from strawberry.types.field import StrawberryField
 
+from kindrobots.config import Settings
 from kindrobots.schema import build_schema
 from kindrobots.schema.permissions import PUBLIC_FIELDS
 
@@ -130,7 +131,8 @@ def test_the_guard_flags_unguarded_fields() -> None:
 
 @pytest.mark.parametrize("production", [False, True])
 def test_every_root_field_is_guarded_or_public(production: bool) -> None:
-    unguarded = unguarded_fields(build_schema(production=production), PUBLIC_FIELDS)
+    settings = Settings.model_construct(env="production" if production else "development")
+    unguarded = unguarded_fields(build_schema(settings), PUBLIC_FIELDS)
     assert unguarded == [], (
         f"root fields without a permission class: {unguarded}; add permission_classes=[...] "
         "or, if anyone may call them, list them in kindrobots.schema.permissions.PUBLIC_FIELDS"

@@ -15,7 +15,7 @@ from kindrobots.ids import from_global_id, parse_global_id
 from kindrobots.resolvers.access import current_viewer, organization_of
 from kindrobots.resolvers.chat import WidgetCaller
 from kindrobots.security.errors import RateLimited
-from kindrobots.security.ratelimit import REFUSED
+from kindrobots.security.ratelimit import REFUSED, address_key
 
 PLAN_WINDOW = 60
 # Every ``fromPlan`` field draws on one count per key: the plan allows a project so many
@@ -39,8 +39,9 @@ async def _organization_argument(
 
 async def _key(ctx: RequestContext, per: str, arguments: dict[str, Any]) -> str:
     widget = ctx.widget if isinstance(ctx.widget, WidgetCaller) else None
+    address = f"ip:{address_key(ctx.ip)}"
     if per == "IP":
-        return f"ip:{ctx.ip}"
+        return address
     if per == "PROJECT" and widget is not None:
         return f"project:{widget.project_id}"
     if per == "ORGANIZATION":
@@ -51,9 +52,9 @@ async def _key(ctx: RequestContext, per: str, arguments: dict[str, Any]) -> str:
             return f"org:{organization}"
     # CALLER, and the fallback when the wider key is unknown: the one who is calling.
     if widget is not None:
-        return f"project:{widget.project_id}:user:{widget.end_user or f'ip:{ctx.ip}'}"
+        return f"project:{widget.project_id}:user:{widget.end_user or address}"
     viewer = await current_viewer(ctx)
-    return f"user:{viewer.user.id}" if viewer else f"ip:{ctx.ip}"
+    return f"user:{viewer.user.id}" if viewer else address
 
 
 async def _plan_limit(ctx: RequestContext, fallback: int) -> int:

@@ -13,6 +13,9 @@ from strawberry.schema.schema import SubscriptionResult
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
+from kindrobots.config import Settings
+from kindrobots.context import RequestContext
+from kindrobots.resolvers.access import current_viewer
 from kindrobots.schema.agents import AgentMutation
 from kindrobots.schema.auth import AuthMutation, AuthQuery
 from kindrobots.schema.chat import ChatMutation, ChatSubscription
@@ -23,6 +26,7 @@ from kindrobots.schema.node import NodeQuery
 from kindrobots.schema.organizations import OrganizationMutation, OrganizationQuery
 from kindrobots.schema.projects import ProjectMutation
 from kindrobots.security.errors import PublicErrors
+from kindrobots.security.operation_limits import OperationLimits, OperationLimitsExtension
 
 Query = merge_types("Query", (NodeQuery, AuthQuery, OrganizationQuery))
 Mutation = merge_types(
@@ -81,12 +85,33 @@ class Schema(strawberry.Schema):
         )
 
 
-def build_schema(*, production: bool = False) -> Schema:
+async def _signed_in(context: Any) -> bool:
+    """Whether the caller is a signed-in user (introspection ``authenticated``)."""
+    return isinstance(context, RequestContext) and await current_viewer(context) is not None
+
+
+def build_schema(settings: Settings | None = None) -> Schema:
+    """The schema under ``settings``; without, the development defaults (the SDL never
+    depends on settings, only the limits and error texts do)."""
+    settings = settings or Settings.model_construct()
+    production = settings.is_production
+    limits = OperationLimits.from_settings(settings)
     return Schema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
-        # A factory, not an instance: extensions keep per-operation state.
-        extensions=[OperationScope, partial(PublicErrors, hide_suggestions=production)],
-        config=StrawberryConfig(disable_field_suggestions=production),
+        # Factories, not instances: extensions keep per-operation state.
+        extensions=[
+            OperationScope,
+            partial(PublicErrors, hide_suggestions=production),
+            partial(OperationLimitsExtension, limits=limits, signed_in=_signed_in),
+        ],
+        config=StrawberryConfig(
+            disable_field_suggestions=production,
+            batching_config=(
+                {"max_operations": settings.graphql_max_batch}
+                if settings.graphql_batching
+                else None
+            ),
+        ),
     )

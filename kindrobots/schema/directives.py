@@ -80,4 +80,8 @@ def install_rate_limits(root_types: Iterable[type]) -> None:
                 ):
                     graphql_name = field.graphql_name or to_camel_case(field.python_name)
                     name = f"{definition.name}.{graphql_name}"
-                    field.extensions.append(RateLimitExtension(name, directive))
+                    # First in the list is innermost: Strawberry wraps the resolver in each
+                    # extension in turn, so the permission check runs before the count. A
+                    # caller who may not call the field never spends an allowance (else
+                    # anyone could exhaust another organization's ORGANIZATION limit).
+                    field.extensions.insert(0, RateLimitExtension(name, directive))

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from kindrobots.security.ratelimit import address_key
+
 
 @dataclass
 class Slot:
@@ -25,8 +27,11 @@ class ConnectionLimits:
         self._limits = {"ip": per_ip, "project": per_project}
 
     def claim(self, slot: Slot, kind: str, value: object) -> bool:
-        """Count this connection under ``kind:value``; False (and no count) when full."""
-        key = f"{kind}:{value}"
+        """Count this connection under ``kind:value``; False (and no count) when full.
+
+        Addresses count as the rate limits count them: IPv4 alone, IPv6 by /64.
+        """
+        key = f"{kind}:{address_key(value) if kind == 'ip' and isinstance(value, str) else value}"
         if self._open[key] >= self._limits[kind]:
             return False
         self._open[key] += 1

@@ -10,6 +10,8 @@ so instances with skewed clocks still agree; keys expire by themselves.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import itertools
 import logging
 import math
 import time
@@ -35,6 +37,25 @@ REFUSED = Counter("kindrobots_rate_limited_total", "Calls refused by a rate limi
 FailurePolicy = Literal["open", "closed"]
 
 
+def address_key(ip: str | None) -> str:
+    """The unit a per-address limit counts: an IPv4 address, or an IPv6 /64.
+
+    One IPv6 subscriber is routinely given a /64 (or more), so counting single
+    addresses would let a caller rotate through 2**64 fresh allowances.
+    """
+    if not ip:
+        return "unknown"
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
 @dataclass(frozen=True)
 class Decision:
     allowed: bool
@@ -54,11 +75,13 @@ class MemoryLimiter:
         self._max_keys = max_keys
 
     async def hit(self, key: str, limit: int, window: int) -> Decision:
+        if limit <= 0:
+            return Decision(False, 0, max(1, window))
         now = time.monotonic()
         entry = self._logs.get(key)
         if entry is None:
             if len(self._logs) >= self._max_keys:
-                self._sweep(now)
+                self._make_room(now)
             entry = self._logs[key] = (window, deque())
         log = entry[1]
         while log and log[0] <= now - window:
@@ -68,13 +91,23 @@ class MemoryLimiter:
             return Decision(True, limit - len(log), 0)
         return Decision(False, 0, max(1, math.ceil(log[0] + window - now)))
 
-    def _sweep(self, now: float) -> None:
-        """Forget keys with no call inside their own window (what Redis expiry does)."""
+    def _make_room(self, now: float) -> None:
+        """Forget keys with no call inside their own window (what Redis expiry does).
+
+        When every key is still live (a flood of fresh addresses), the longest-known
+        tenth goes too: memory stays bounded, and the next sweep is that many new keys
+        away instead of on every call.
+        """
         stale = [
             key for key, (window, log) in self._logs.items() if not log or log[-1] <= now - window
         ]
         for key in stale:
             del self._logs[key]
+        excess = len(self._logs) - self._max_keys * 9 // 10
+        if excess > 0:
+            logger.warning("in-process rate limiter full; forgetting %d live keys", excess)
+            for key in list(itertools.islice(self._logs, excess)):
+                del self._logs[key]
 
 
 _SLIDING_LOG = """
@@ -95,14 +128,32 @@ return {0, 0, tonumber(oldest[2]) + window - now}
 
 
 class RedisLimiter:
-    """Limits shared by every instance on one Redis; the failure policy decides when it is down."""
+    """Limits shared by every instance on one Redis; the failure policy decides when it is down.
 
-    def __init__(self, redis: Redis, policy: FailurePolicy, timeout: float = 0.5) -> None:
+    An outage is logged when it starts, then at most every ``warn_every`` seconds with the
+    number of checks since (each one is counted in ``BACKEND_FAILURES``), and again when
+    Redis answers: under load a traceback per request would bury everything else.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        policy: FailurePolicy,
+        timeout: float = 0.5,
+        warn_every: float = 30.0,
+    ) -> None:
         self._script = redis.register_script(_SLIDING_LOG)
         self._policy = policy
         self._timeout = timeout
+        self._warn_every = warn_every
+        self._failures = 0  # failed checks in the current outage
+        self._warned_at: float | None = None
+        self._unlogged = 0
 
     async def hit(self, key: str, limit: int, window: int) -> Decision:
+        if limit <= 0:
+            # Nothing to count, and the script would find no oldest call to wait for.
+            return Decision(False, 0, max(1, window))
         try:
             async with asyncio.timeout(self._timeout):
                 allowed, remaining, retry_ms = await self._script(
@@ -110,13 +161,36 @@ class RedisLimiter:
                 )
         except Exception:
             BACKEND_FAILURES.labels(policy=self._policy).inc()
+            self._log_failure(key)
+            if self._policy == "open":
+                return Decision(True, limit, 0)
+            return Decision(False, 0, 1)
+        if self._failures:
+            logger.warning(
+                "rate limit backend reachable again after %d failed checks; limits apply",
+                self._failures,
+            )
+            self._failures, self._warned_at, self._unlogged = 0, None, 0
+        return Decision(bool(allowed), int(remaining), max(0, math.ceil(int(retry_ms) / 1000)))
+
+    def _log_failure(self, key: str) -> None:
+        self._failures += 1
+        self._unlogged += 1
+        now = time.monotonic()
+        if self._warned_at is None:
             logger.warning(
                 "rate limit backend unreachable; failing %s for %s",
                 self._policy,
                 key.split(":", 2)[1] if key.count(":") >= 2 else "limit",
-                exc_info=True,
+                exc_info=True,  # the cause, once per outage
             )
-            if self._policy == "open":
-                return Decision(True, limit, 0)
-            return Decision(False, 0, 1)
-        return Decision(bool(allowed), int(remaining), max(0, math.ceil(int(retry_ms) / 1000)))
+        elif now - self._warned_at >= self._warn_every:
+            logger.warning(
+                "rate limit backend still unreachable; failing %s (%d checks since the last "
+                "warning)",
+                self._policy,
+                self._unlogged,
+            )
+        else:
+            return
+        self._warned_at, self._unlogged = now, 0

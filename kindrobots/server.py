@@ -10,12 +10,12 @@ from typing import Any
 
 from aiohttp import WSCloseCode, web
 from aiohttp.abc import AbstractAccessLogger
-from cross_web import HTTPException
+from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from strawberry.aiohttp.views import GraphQLView
 from strawberry.exceptions import ConnectionRejectionError
-from strawberry.http import GraphQLHTTPResponse
+from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.types import ExecutionResult
 
 from kindrobots.auth.tokens import TokenSigner
@@ -32,6 +32,7 @@ from kindrobots.security.connections import ConnectionLimits, Slot
 from kindrobots.security.cors import CorsPolicy, project_origins, setup_cors
 from kindrobots.security.crypto import KeyRing
 from kindrobots.security.jwks import JwksCache
+from kindrobots.security.operation_limits import MAX_DOCUMENT_CHARS
 from kindrobots.security.ratelimit import MemoryLimiter, RedisLimiter
 from kindrobots.security.transport import setup_transport, ssl_context_for
 from kindrobots.widget import add_widget_routes
@@ -45,6 +46,7 @@ WEBSOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey(
 )
 CSRF_HEADERS = ("X-Requested-With", "Apollo-Require-Preflight")
 CONNECTION: web.RequestKey[Slot] = web.RequestKey("connection_slot", Slot)
+DOCUMENT_TOO_LARGE: web.RequestKey[bool] = web.RequestKey("document_too_large", bool)
 REQUEST_ERROR: web.RequestKey[bool] = web.RequestKey("graphql_request_error", bool)
 RETRY_AFTER: web.RequestKey[int] = web.RequestKey("graphql_retry_after", int)
 
@@ -221,14 +223,40 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
         request.app[WEBSOCKETS].add(websocket)
         return websocket
 
+    def parse_json(self, data: str | bytes) -> object:
+        """A body that is JSON but neither an object nor a batch is the client's mistake."""
+        parsed = super().parse_json(data)
+        if not isinstance(parsed, dict | list):
+            raise HTTPException(400, "The request body must be a JSON object.")
+        return parsed
+
+    async def parse_http_body(
+        self, request: AsyncHTTPRequestAdapter
+    ) -> GraphQLRequestData | list[GraphQLRequestData]:
+        data = await super().parse_http_body(request)
+        # Refused by the operation limits with GRAPHQL_VALIDATION_FAILED; over HTTP the
+        # status says so too, whatever the client accepts.
+        if any(
+            item.query is not None and len(item.query) > MAX_DOCUMENT_CHARS
+            for item in (data if isinstance(data, list) else [data])
+        ):
+            raw = getattr(request, "request", None)
+            if isinstance(raw, web.Request):
+                raw[DOCUMENT_TOO_LARGE] = True
+        return data
+
     async def process_result(
         self, request: web.Request, result: ExecutionResult
     ) -> GraphQLHTTPResponse:
         # A result without data whose errors have no path never executed: a request error.
         if result.data is None and all(not error.path for error in result.errors or ()):
             request[REQUEST_ERROR] = True
-        # API.md, Errors: RATE_LIMITED over HTTP is also status 429 with a Retry-After header.
-        for error in result.errors or ():
+        # API.md, Errors: RATE_LIMITED over HTTP is also status 429 with a Retry-After header
+        # -- when nothing else was done: a reply whose other fields ran must reach the client.
+        executed = isinstance(result.data, dict) and any(
+            value is not None for value in result.data.values()
+        )
+        for error in () if executed else result.errors or ():
             extensions = error.extensions or {}
             if extensions.get("code") == "RATE_LIMITED":
                 request[RETRY_AFTER] = int(extensions.get("retryAfter") or 1)
@@ -247,6 +275,8 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
             response.content_type = GRAPHQL_RESPONSE_JSON
             if request.get(REQUEST_ERROR):
                 response.set_status(400)
+        if isinstance(response, web.Response) and request.get(DOCUMENT_TOO_LARGE):
+            response.set_status(413)
         retry_after = request.get(RETRY_AFTER)
         if isinstance(response, web.Response) and retry_after is not None:
             response.set_status(429)
@@ -303,7 +333,8 @@ async def metrics(request: web.Request) -> web.Response:
             request.headers.get("Authorization", ""), f"Bearer {settings.metrics_token}"
         )
     else:
-        allowed = request.remote in ("127.0.0.1", "::1")
+        # Behind a proxy on the same host every caller looks local: production needs the token.
+        allowed = not settings.is_production and request.remote in ("127.0.0.1", "::1")
     if not allowed:
         raise web.HTTPNotFound()
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -85,6 +85,36 @@ async def test_body_over_the_limit_is_refused_with_413(
         assert response.status == 200
 
 
+async def test_a_one_megabyte_mutation_is_a_4xx_and_runs_nothing(
+    server: RunningServer, http: aiohttp.ClientSession
+) -> None:
+    email = unique_email("big")
+    query = (
+        "mutation { signUp(input: {"
+        f'email: "{email}", password: "{PASSWORD}", '
+        'displayName: "Big", organizationName: "Big Co"'
+        "}) { accessToken } }" + " " * (1024 * 1024)
+    )
+    for accept in ("application/json", "application/graphql-response+json"):
+        async with http.post(
+            graphql_url(server), json={"query": query}, headers={"Accept": accept}
+        ) as response:
+            assert response.status == 413, accept
+            body = await response.json(content_type=None)
+        assert [e["extensions"]["code"] for e in body["errors"]] == ["GRAPHQL_VALIDATION_FAILED"]
+    assert not await user_exists(server, email)
+
+
+async def test_a_json_body_that_is_not_an_object_is_a_400(
+    server: RunningServer, http: aiohttp.ClientSession
+) -> None:
+    for body in ("null", "123", '"{ plans { tier } }"', "true"):
+        async with http.post(
+            graphql_url(server), data=body, headers={"Content-Type": "application/json"}
+        ) as response:
+            assert response.status == 400, body
+
+
 async def test_mutation_via_get_is_refused_and_runs_nothing(
     server: RunningServer, http: aiohttp.ClientSession
 ) -> None:

@@ -30,12 +30,12 @@ from tests.conftest import Account, Client, RunningServer, count_statements, sig
 AGENTS = """
 query($id: ID!) {
   organization(id: $id) {
-    agents(first: 100) {
+    agents(first: 50) {
       edges {
         node {
           id name model temperature
           llmCredential { id provider label keyHint }
-          manifests { id name version sourceUrl operations { operationId method path parameters } }
+          manifests { id name version sourceUrl }
         }
       }
     }
@@ -45,7 +45,7 @@ query($id: ID!) {
 MANIFESTS = """
 query($id: ID!) {
   organization(id: $id) {
-    manifests(first: 100) {
+    manifests(first: 50) {
       edges { node { id name version sourceUrl operations { operationId method path summary } } }
     }
   }
@@ -54,14 +54,14 @@ query($id: ID!) {
 PROJECTS = """
 query($id: ID!) {
   organization(id: $id) {
-    projects(first: 100) {
+    projects(first: 50) {
       edges {
         node {
           id name publishableKey
           agent {
             id name
             llmCredential { id keyHint }
-            manifests { id name operations { operationId } }
+            manifests { id name version }
           }
         }
       }
@@ -220,14 +220,9 @@ async def test_agents_with_credential_and_manifests_cost_the_same_for_1_and_50(
         assert agent["llmCredential"]["keyHint"] in ("…0000", "…0001")
         assert len(agent["manifests"]) == MANIFESTS_PER_AGENT
         for manifest in agent["manifests"]:
-            # The newest version's operations, not the first version's.
+            # The newest version, not the first one.
             assert manifest["version"] == 2
             assert manifest["sourceUrl"] == "https://api.example.com/v2.json"
-            assert len(manifest["operations"]) == 3
-            assert all(
-                op["operationId"].endswith(("v2_0", "v2_1", "v2_2"))
-                for op in manifest["operations"]
-            )
     assert len({agent["llmCredential"]["id"] for agent in large[1]}) == 2
     assert_same(small, large)
 
@@ -238,7 +233,9 @@ async def test_manifests_with_operations_cost_the_same_for_few_and_50(
     small = await statements(client, server, MANIFESTS, orgs.one)
     large = await statements(client, server, MANIFESTS, orgs.fifty)
     assert len(small[1]) == MANIFESTS_PER_AGENT and len(large[1]) == 50
-    assert all(len(manifest["operations"]) == 3 for manifest in large[1])
+    for manifest in large[1]:
+        # The newest version's operations, not the first version's.
+        assert [op["operationId"][-4:] for op in manifest["operations"]] == ["v2_0", "v2_1", "v2_2"]
     assert_same(small, large)
 
 
@@ -252,5 +249,5 @@ async def test_projects_with_agent_credential_and_manifests_cost_the_same_for_1_
     for project in large[1]:
         assert project["agent"]["llmCredential"] is not None
         assert len(project["agent"]["manifests"]) == MANIFESTS_PER_AGENT
-        assert all(len(m["operations"]) == 3 for m in project["agent"]["manifests"])
+        assert all(m["version"] == 2 for m in project["agent"]["manifests"])
     assert_same(small, large)

@@ -124,13 +124,24 @@ async def test_health_checks_are_not_redirected(production: AppClient) -> None:
 
 
 async def test_https_through_the_proxy_is_served_with_hsts(production: AppClient) -> None:
-    for proto in ("https", "HTTPS", "https, http"):
+    for proto in ("https", "HTTPS", "http, https"):
         response = await production.get(
             "/healthz", headers={"X-Forwarded-Proto": proto}, allow_redirects=False
         )
         assert response.status == 200, proto
         assert response.headers["Strict-Transport-Security"] == HSTS
         assert HSTS == "max-age=63072000; includeSubDomains"
+
+
+async def test_a_client_cannot_claim_https_in_front_of_the_proxy(production: AppClient) -> None:
+    """Proxies append: the entry our proxy wrote is the last one, the client's come first."""
+    response = await production.get(
+        "/graphql?query={plans{tier}}",
+        headers={"X-Forwarded-Proto": "https, http"},
+        allow_redirects=False,
+    )
+    assert response.status == 308
+    assert "Strict-Transport-Security" not in response.headers
 
 
 async def test_an_untrusted_peer_is_neither_redirected_nor_believed(tmp_path: Path) -> None:

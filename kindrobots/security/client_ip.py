@@ -23,8 +23,26 @@ def client_ip(request: web.BaseRequest, proxies: Sequence[Network]) -> str | Non
     remote = request.remote
     if remote is None or not _trusted(remote, proxies):
         return remote
-    hops = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",")]
-    for hop in reversed([hop for hop in hops if hop]):
-        if not _trusted(hop, proxies):
-            return hop[:45]
+    # Every header line, in order: a proxy may add its own line rather than append.
+    lines = request.headers.getall("X-Forwarded-For", [])
+    hops = [hop.strip() for line in lines for hop in line.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        address = _address(hop)
+        if address is None:
+            return remote  # a hop we cannot read ends what we can believe
+        if not _trusted(address, proxies):
+            return address
     return remote
+
+
+def _address(hop: str) -> str | None:
+    """The IP of one hop, without a port (``1.2.3.4:5678``, ``[::1]:80``); None if not an IP."""
+    candidate = hop
+    if candidate.startswith("["):
+        candidate = candidate[1:].split("]", 1)[0]
+    elif candidate.count(":") == 1:
+        candidate = candidate.split(":", 1)[0]
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:
+        return None

@@ -68,6 +68,12 @@ IntrospectionMode = Literal["on", "authenticated", "off"]
 MAX_DOCUMENT_CHARS = 128 * 1024
 # The number of items assumed for a list field without a ``first`` argument.
 UNPAGED_LIST_SIZE = 10
+# Unpaged lists whose real bound is larger: counting them as 10 would let one accepted
+# query return hundreds of thousands of objects (100 agents x 20 manifests x 200 operations).
+LIST_SIZES = {
+    "Agent.manifests": 20,  # resolvers.agents.MAX_MANIFESTS
+    "Manifest.operations": 200,  # resolvers.openapi.MAX_OPERATIONS
+}
 # Selection sets and fragment spreads nested deeper than this stop the walk (the
 # operation is refused as too deep): it keeps the walk far from Python's recursion limit.
 MAX_NESTING = 128
@@ -224,6 +230,8 @@ class OperationAnalysis:
             return 1
         if parent is not None and parent.name.endswith("Connection"):
             return 1  # edges: bounded by the connection's own `first`
+        if parent is not None:
+            return LIST_SIZES.get(f"{parent.name}.{node.name.value}", UNPAGED_LIST_SIZE)
         return UNPAGED_LIST_SIZE
 
     def first(self, node: FieldNode, argument: GraphQLArgument) -> int:

@@ -55,13 +55,11 @@ def _from_trusted_proxy(request: web.BaseRequest, proxies: Sequence[Network]) ->
 
 
 def forwarded_proto(request: web.BaseRequest, proxies: Sequence[Network]) -> str | None:
-    """The scheme the client used, as a trusted proxy reports it; None when not told.
-
-    With a comma list (proxies that append), the first entry is the client-facing one.
-    """
+    """The scheme the client used, as a trusted proxy reports it; None when not told."""
     if not _from_trusted_proxy(request, proxies):
         return None
-    value = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    # The last entry is the one our own proxy wrote; earlier ones came from the client.
+    value = request.headers.get("X-Forwarded-Proto", "").split(",")[-1].strip().lower()
     return value or None
 
 

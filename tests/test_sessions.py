@@ -284,8 +284,15 @@ async def test_sign_out_everywhere_ends_every_session_at_once(client: Client) ->
 
     for access in (account.access_token, access_a, access_b):
         await assert_signed_out(client, access, account)
+        # The same token as the kr_access cookie is refused too.
+        by_cookie = await client.execute("{ me { user { id } } }", cookies={"kr_access": access})
+        assert by_cookie.data == {"me": None}
     for token in (account.refresh_token, refresh_a, refresh_b):
         assert_refused(await refresh(client, token))
+        by_cookie = await client.execute(
+            "mutation { refreshSession { accessToken } }", cookies={"kr_refresh": token}
+        )
+        assert by_cookie.codes == ["UNAUTHENTICATED"]
     # Signing in again still works.
     fresh, _ = await sign_in_ok(client, account.email)
     await assert_signed_in(client, fresh, account)

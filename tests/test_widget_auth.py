@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import pytest
@@ -334,3 +335,36 @@ async def test_a_no_cache_jwks_is_not_fetched_for_every_token(
     assert await burst(site, forged + junk) == [4401] * 10
     assert (await site.connect(key.sign(claims()))).acknowledged
     assert site.keys.requests <= 2
+
+
+SEND = "mutation($input: ChatInput!) { sendMessage(input: $input) { content conversationId } }"
+
+
+async def test_the_external_api_checks_the_end_user_token_too(
+    site: Site, http: aiohttp.ClientSession
+) -> None:
+    """sendMessage over HTTP: the same JWT rules as the widget, Authorization: Bearer."""
+    url = f"{site.server.base_url}/graphql"
+
+    async def send(token: str | None) -> dict[str, Any]:
+        headers = {"X-Project-Key": site.project.project_key}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        payload = {"query": SEND, "variables": {"input": {"message": "Where is it?"}}}
+        async with http.post(url, json=payload, headers=headers) as response:
+            body: dict[str, Any] = await response.json(content_type=None)
+            return body
+
+    accepted = await send(RSA_KEY.sign(claims()))
+    assert accepted.get("errors") is None, accepted
+    assert accepted["data"]["sendMessage"]["content"] == "You said: Where is it?"
+    for token in (
+        None,
+        RSA_KEY.sign(claims(expires_in=-600)),
+        RSA_KEY.sign(claims(audience="someone-else")),
+        unsigned_token(claims(), RSA_KEY.kid),
+        hmac_token(claims(), RSA_KEY.kid, RSA_KEY.public_pem()),
+    ):
+        refused = await send(token)
+        assert refused["data"] is None
+        assert [e["extensions"]["code"] for e in refused["errors"]] == ["UNAUTHENTICATED"]

@@ -86,7 +86,6 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
             schema=build_schema(settings),
             graphql_ide=None if settings.is_production else "graphiql",
             connection_init_wait_timeout=timedelta(seconds=10),
-            allowed_origins=settings.dashboard_origins,
             max_subscriptions_per_connection=settings.ws_max_subscriptions,
         )
         self.services = services
@@ -104,7 +103,6 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
         context.origin = request.headers.get("Origin")
         bearer = _bearer(request.headers.get("Authorization"))
         websocket = isinstance(response, web.WebSocketResponse)
-        cookies_allowed = websocket or _csrf_safe(request)
         if isinstance(response, web.WebSocketResponse):
             context.close_connection = response.close
             context.connection_slot = request.get(CONNECTION)
@@ -116,7 +114,7 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
         if bearer:
             context.access_token, context.auth_source = bearer, "bearer"
         elif request.cookies.get("kr_access") or request.cookies.get("kr_refresh"):
-            if not cookies_allowed:
+            if not (websocket or _csrf_safe(request)):
                 raise HTTPException(
                     403,
                     "Cookie-authenticated POSTs need Content-Type: application/json "
@@ -124,7 +122,7 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
                 )
             context.access_token = request.cookies.get("kr_access") or None
             context.auth_source = "cookie" if context.access_token else None
-        if not isinstance(response, web.WebSocketResponse):
+        if not websocket:
             context.refresh_cookie = request.cookies.get("kr_refresh") or None
             context.cookie_sink = lambda cookies: _apply_cookies(response, settings, cookies)
         return context
@@ -369,7 +367,7 @@ def create_services(settings: Settings) -> Services:
             if redis is not None
             else MemoryLimiter()
         ),
-        jwks=JwksCache(settings.outbound_allow),
+        jwks=JwksCache(settings.outbound_allow, https_only=settings.is_production),
         redis=redis,
     )
 

@@ -16,6 +16,7 @@ from kindrobots.security.ssrf import (
     Limits,
     OutboundFailed,
     OutboundRefused,
+    check_url,
     outbound_request,
 )
 
@@ -283,3 +284,20 @@ async def test_a_cross_host_redirect_carries_no_body_and_no_credentials(
     )
     assert response.status == 200
     assert seen == [("GET", None, b"")]
+
+
+async def test_production_talks_to_third_parties_over_https_only(
+    web_server: Callable[[web.Application], Any], fake_dns: dict[str, str]
+) -> None:
+    """SECURITY_POLICY 3.2: plain http is refused unless the host is explicitly allowed."""
+    app = web.Application()
+    app.router.add_get("/spec.json", _answer(web.json_response({"openapi": "3.1.0"})))
+    port = await web_server(app)
+    fake_dns["api.customer.test"] = "127.0.0.1"
+    with pytest.raises(OutboundRefused, match="https"):
+        await check_url("http://api.customer.test/jwks.json", (), "jwksUrl", https_only=True)
+    # The allow list (tests, private deployments) is the one exception.
+    allowed = await outbound_request(
+        f"http://127.0.0.1:{port}/spec.json", allow=(f"127.0.0.1:{port}",), https_only=True
+    )
+    assert allowed.status == 200

@@ -163,17 +163,24 @@ async def _sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str
 class _Streaming:
     """Shared transport: SSRF-guarded, streamed, every failure a ProviderError."""
 
-    def __init__(self, base_url: str, api_key: str, allow: Sequence[str]) -> None:
+    def __init__(
+        self, base_url: str, api_key: str, allow: Sequence[str], *, https_only: bool = False
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self.allow = allow
+        self.https_only = https_only
 
     async def _events(
         self, path: str, headers: dict[str, str], body: dict[str, Any]
     ) -> AsyncGenerator[tuple[str, dict[str, Any] | None], None]:
         try:
             async with stream_request(
-                self.base_url + path, allow=self.allow, headers=headers, json=body
+                self.base_url + path,
+                allow=self.allow,
+                headers=headers,
+                json=body,
+                https_only=self.https_only,
             ) as response:
                 await _check_status(response)
                 async for event, data in _sse_data(response):

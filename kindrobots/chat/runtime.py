@@ -68,6 +68,8 @@ async def converse(
     specs: dict[str, tools.ToolSpec],
     allow: Sequence[str],
     max_rounds: int = MAX_TOOL_ROUNDS,
+    *,
+    https_only: bool = False,
 ) -> AsyncGenerator[RuntimeEvent, None]:
     """Stream one reply, running up to ``max_rounds`` rounds of tool calls on the way."""
     turns = list(request.turns)
@@ -96,7 +98,9 @@ async def converse(
             break
         turns.append(Turn("assistant", "".join(text), tool_calls=calls))
         for call in calls:
-            outcome = await tools.execute(specs.get(call.name), call.arguments, allow)
+            outcome = await tools.execute(
+                specs.get(call.name), call.arguments, allow, https_only=https_only
+            )
             yield ToolRun(call, _arguments(call.arguments), outcome.result, outcome.for_model)
             turns.append(Turn("tool", outcome.for_model, tool_call_id=call.id))
     yield Usage(total_in, total_out)

@@ -74,7 +74,9 @@ def _failure(message: str) -> ToolOutcome:
     return ToolOutcome({"error": message}, json.dumps({"error": message}))
 
 
-async def execute(spec: ToolSpec | None, arguments_text: str, allow: Sequence[str]) -> ToolOutcome:
+async def execute(
+    spec: ToolSpec | None, arguments_text: str, allow: Sequence[str], *, https_only: bool = False
+) -> ToolOutcome:
     """Call the operation; every failure is a result the model can read, never an exception."""
     if spec is None:
         return _failure("There is no such tool.")
@@ -108,7 +110,13 @@ async def execute(spec: ToolSpec | None, arguments_text: str, allow: Sequence[st
         url += "?" + "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in query.items())
     try:
         response = await outbound_request(
-            url, allow=allow, method=spec.method, headers=headers, json=body, limits=TOOL_LIMITS
+            url,
+            allow=allow,
+            method=spec.method,
+            headers=headers,
+            json=body,
+            limits=TOOL_LIMITS,
+            https_only=https_only,
         )
     except (OutboundRefused, OutboundFailed) as exc:
         return _failure(exc.message)

@@ -211,14 +211,18 @@ def _provider(services: Services, credential: LlmCredential | None) -> Provider:
         return DemoProvider()
     # Decrypted only for the lifetime of this provider object, i.e. this one reply.
     api_key = open_api_key(services.keyring, credential)
-    allow = settings.outbound_allow
+    allow, https_only = settings.outbound_allow, settings.is_production
     if credential.provider == LlmProvider.ANTHROPIC.value:
-        return AnthropicProvider(credential.base_url or ANTHROPIC_BASE, api_key, allow)
+        return AnthropicProvider(
+            credential.base_url or ANTHROPIC_BASE, api_key, allow, https_only=https_only
+        )
     if credential.provider == LlmProvider.OPENAI.value:
-        return OpenAIProvider(credential.base_url or OPENAI_BASE, api_key, allow)
+        return OpenAIProvider(
+            credential.base_url or OPENAI_BASE, api_key, allow, https_only=https_only
+        )
     if not credential.base_url:
         raise ProviderError("This agent's OpenAI-compatible credential has no base URL.")
-    return OpenAIProvider(credential.base_url, api_key, allow)
+    return OpenAIProvider(credential.base_url, api_key, allow, https_only=https_only)
 
 
 def _turns(messages: list[Message]) -> list[Turn]:
@@ -345,7 +349,13 @@ async def chat(
             tools=[spec.tool for spec in specs.values()],
             temperature=loaded.agent.temperature,
         )
-        events = runtime.converse(provider, request, specs, services.settings.outbound_allow)
+        events = runtime.converse(
+            provider,
+            request,
+            specs,
+            services.settings.outbound_allow,
+            https_only=services.settings.is_production,
+        )
         # However this generator ends, the upstream request ends with it.
         async with aclosing(events):
             async for event in events:

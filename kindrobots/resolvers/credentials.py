@@ -66,7 +66,12 @@ async def add_credential(
     if provider is LlmProvider.OPENAI_COMPATIBLE and not base_url:
         raise BadUserInput("baseUrl", "OpenAI-compatible providers need a base URL.")
     if base_url:
-        base_url = await check_url(base_url.strip(), ctx.settings.outbound_allow, "baseUrl")
+        base_url = await check_url(
+            base_url.strip(),
+            ctx.settings.outbound_allow,
+            "baseUrl",
+            https_only=ctx.settings.is_production,
+        )
     credential_id = uuid.uuid4()
     sealed = ctx.services.keyring.seal(api_key, associated_data(organization_id, credential_id))
     row = LlmCredential(

@@ -108,6 +108,7 @@ async def import_manifest(
         allow=ctx.settings.outbound_allow,
         headers={"Accept": "application/json, application/yaml, text/yaml, */*"},
         limits=Limits(max_bytes=openapi.MAX_DOCUMENT_BYTES),
+        https_only=ctx.settings.is_production,
     )
     if response.status != 200:
         raise BadUserInput("url", f"The server answered with status {response.status}.")

@@ -60,7 +60,10 @@ async def _validate(ctx: RequestContext, fields: ProjectFields) -> ProjectFields
         )
     if fields.jwks_url is not None:
         fields.jwks_url = await check_url(
-            fields.jwks_url.strip(), ctx.settings.outbound_allow, "jwksUrl"
+            fields.jwks_url.strip(),
+            ctx.settings.outbound_allow,
+            "jwksUrl",
+            https_only=ctx.settings.is_production,
         )
     if fields.jwt_issuer is not None:
         fields.jwt_issuer = validation.text(fields.jwt_issuer, "jwtIssuer", 2048)

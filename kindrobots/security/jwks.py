@@ -56,8 +56,9 @@ class EndUser:
 
 
 class JwksCache:
-    def __init__(self, allow: Sequence[str]) -> None:
+    def __init__(self, allow: Sequence[str], *, https_only: bool = False) -> None:
         self._allow = allow
+        self._https_only = https_only
         self._entries: dict[str, _Entry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         # When an unknown kid last forced a refetch of the URL: the rate limit of that path.
@@ -66,7 +67,9 @@ class JwksCache:
 
     async def _fetch(self, url: str) -> _Entry:
         try:
-            response = await outbound_request(url, allow=self._allow, limits=JWKS_LIMITS)
+            response = await outbound_request(
+                url, allow=self._allow, limits=JWKS_LIMITS, https_only=self._https_only
+            )
         except (OutboundRefused, OutboundFailed) as exc:
             raise InvalidToken(f"JWKS unreachable: {exc.message}") from None
         if response.status != 200:

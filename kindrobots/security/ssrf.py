@@ -110,10 +110,18 @@ async def resolve(host: str, port: int, field: str = "url") -> list[IPAddress]:
     return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
 
 
-async def check_target(url: URL, allow: Iterable[str], field: str = "url") -> list[IPAddress]:
-    """The addresses that ``url`` may be fetched from, or OutboundRefused naming ``field``."""
+async def check_target(
+    url: URL, allow: Iterable[str], field: str = "url", *, https_only: bool = False
+) -> list[IPAddress]:
+    """The addresses that ``url`` may be fetched from, or OutboundRefused naming ``field``.
+
+    ``https_only`` (production) refuses plain http to anything not explicitly allowed:
+    customers' keys and their users' conversations travel over these connections.
+    """
     host, port = _host_port(url, field)
     allowed = _allowed(host, port, allow)
+    if https_only and url.scheme != "https" and not allowed:
+        raise OutboundRefused(field, "Only https URLs are allowed.")
     if not allowed and (host in BLOCKED_NAMES or host.endswith(BLOCKED_SUFFIXES)):
         raise OutboundRefused(field, "This address is not reachable from Kind Robots.")
     addresses = await resolve(host.strip("[]"), port, field)
@@ -124,7 +132,7 @@ async def check_target(url: URL, allow: Iterable[str], field: str = "url") -> li
     return addresses
 
 
-async def check_url(url: str, allow: Iterable[str], field: str) -> str:
+async def check_url(url: str, allow: Iterable[str], field: str, *, https_only: bool = False) -> str:
     """Validate a URL a customer stores for later outbound use (base URL, JWKS URL)."""
     try:
         parsed = URL(url)
@@ -132,7 +140,7 @@ async def check_url(url: str, allow: Iterable[str], field: str) -> str:
         raise OutboundRefused(field, "The URL is not valid.") from None
     if not parsed.is_absolute():
         raise OutboundRefused(field, "The URL must be absolute.")
-    await check_target(parsed, allow, field)
+    await check_target(parsed, allow, field, https_only=https_only)
     return str(parsed)
 
 
@@ -165,10 +173,14 @@ class _PinnedResolver(AbstractResolver):
 
 
 async def _pinned_session(
-    target: URL, allow: Iterable[str], client_timeout: aiohttp.ClientTimeout | None = None
+    target: URL,
+    allow: Iterable[str],
+    client_timeout: aiohttp.ClientTimeout | None = None,
+    *,
+    https_only: bool = False,
 ) -> aiohttp.ClientSession:
     """A client session that can only reach the addresses ``target`` was checked against."""
-    addresses = await check_target(target, allow)
+    addresses = await check_target(target, allow, https_only=https_only)
     host, _port = _host_port(target)
     connector = aiohttp.TCPConnector(
         resolver=_PinnedResolver(host, addresses), use_dns_cache=False, force_close=True
@@ -188,6 +200,7 @@ async def stream_request(
     json: Any = None,
     connect_timeout: float = 10.0,
     read_timeout: float = 60.0,
+    https_only: bool = False,
 ) -> AsyncIterator[aiohttp.ClientResponse]:
     """An open response to read as a stream (LLM APIs). Checked and pinned; no redirects.
 
@@ -202,7 +215,7 @@ async def stream_request(
         total=None, sock_connect=connect_timeout, sock_read=read_timeout
     )
     async with (
-        await _pinned_session(target, allow, timeout) as session,
+        await _pinned_session(target, allow, timeout, https_only=https_only) as session,
         session.request(
             method, target, headers=headers, json=json, allow_redirects=False
         ) as response,
@@ -232,6 +245,7 @@ async def outbound_request(
     headers: Mapping[str, str] | None = None,
     json: Any = None,
     limits: Limits | None = None,
+    https_only: bool = False,
 ) -> OutboundResponse:
     """Fetch ``url`` if, and only if, every hop is a public address (or explicitly allowed)."""
     limits = limits or Limits()
@@ -244,7 +258,7 @@ async def outbound_request(
         async with asyncio.timeout(limits.timeout):
             for _hop in range(limits.max_redirects + 1):
                 async with (
-                    await _pinned_session(target, allow) as session,
+                    await _pinned_session(target, allow, https_only=https_only) as session,
                     session.request(
                         method,
                         target,

@@ -6,7 +6,7 @@ import asyncio
 import uuid
 from typing import TypeVar
 
-from sqlalchemy import Select, and_, delete, select
+from sqlalchemy import ColumnElement, Select, and_, delete, select
 from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -25,6 +25,7 @@ from kindrobots.db.models import (
     Project,
     User,
 )
+from kindrobots.db.pagination import Page, paginate
 from kindrobots.security.errors import Forbidden, NotFound, Unauthenticated
 
 
@@ -160,3 +161,31 @@ async def scoped_get(
     if row is None:
         raise NotFound()
     return row
+
+
+Listed = TypeVar("Listed", Agent, AuditEvent, Conversation, Manifest, Membership, Project)
+
+
+async def organization_page(
+    ctx: RequestContext,
+    model: type[Listed],
+    organization_id: uuid.UUID,
+    role: Role,
+    first: int,
+    after: str | None,
+    *conditions: ColumnElement[bool],
+) -> Page[Listed]:
+    """One page of an organization's rows, oldest first, for a caller holding ``role``.
+
+    The organization is also filtered by the caller's memberships in SQL, so the
+    query itself can never read another tenant's rows.
+    """
+    await require_role(ctx, organization_id, role)
+    viewer = await require_viewer(ctx)
+    statement = select(model).where(
+        model.organization_id == organization_id,
+        model.organization_id.in_(member_organizations(viewer)),
+        *conditions,
+    )
+    async with ctx.services.read() as session:
+        return await paginate(session, statement, model.created_at, model.id, first, after)

@@ -13,12 +13,11 @@ from kindrobots.auth.roles import Role
 from kindrobots.context import RequestContext
 from kindrobots.db.locks import lock_organization
 from kindrobots.db.models import Agent, AgentManifest, LlmCredential, Manifest, Project
-from kindrobots.db.pagination import Page, paginate
-from kindrobots.ids import to_global_id
+from kindrobots.db.pagination import Page
 from kindrobots.resolvers import audit, validation
 from kindrobots.resolvers.access import (
     lock_and_reload,
-    member_organizations,
+    organization_page,
     require_role,
     require_viewer,
     scoped_get,
@@ -135,8 +134,7 @@ async def create_agent(
             organization_id=organization_id,
             actor_id=viewer.user.id,
             action="agent.create",
-            target_type="Agent",
-            target_id=to_global_id("Agent", agent.id),
+            target=("Agent", agent.id),
             details={"name": agent.name, "model": agent.model},
         )
     return agent
@@ -174,8 +172,7 @@ async def update_agent(ctx: RequestContext, agent_id: uuid.UUID, fields: AgentFi
             organization_id=agent.organization_id,
             actor_id=viewer.user.id,
             action="agent.update",
-            target_type="Agent",
-            target_id=to_global_id("Agent", agent.id),
+            target=("Agent", agent.id),
             details={"changed": changed},
         )
     return agent
@@ -200,8 +197,7 @@ async def delete_agent(ctx: RequestContext, agent_id: uuid.UUID) -> bool:
             organization_id=agent.organization_id,
             actor_id=viewer.user.id,
             action="agent.delete",
-            target_type="Agent",
-            target_id=to_global_id("Agent", agent.id),
+            target=("Agent", agent.id),
             details={"name": agent.name},
         )
     return True
@@ -219,15 +215,11 @@ async def list_agents(
     after: str | None,
     search: str | None,
 ) -> Page[Agent]:
-    await require_role(ctx, organization_id, Role.VIEWER)
-    viewer = await require_viewer(ctx)
-    statement = select(Agent).where(
-        Agent.organization_id == organization_id,
-        Agent.organization_id.in_(member_organizations(viewer)),
-    )
+    conditions = []
     if search and search.strip():
         if len(search) > 100:
             raise BadUserInput("search", "Search for at most 100 characters.")
-        statement = statement.where(Agent.name.ilike(_like_pattern(search.strip()), escape="\\"))
-    async with ctx.services.read() as session:
-        return await paginate(session, statement, Agent.created_at, Agent.id, first, after)
+        conditions.append(Agent.name.ilike(_like_pattern(search.strip()), escape="\\"))
+    return await organization_page(
+        ctx, Agent, organization_id, Role.VIEWER, first, after, *conditions
+    )

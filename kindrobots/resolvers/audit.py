@@ -5,18 +5,17 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kindrobots.auth.roles import Role
 from kindrobots.context import RequestContext
 from kindrobots.db import audit_chain
 from kindrobots.db.models import AuditEvent
-from kindrobots.db.pagination import Page, paginate
+from kindrobots.db.pagination import Page
+from kindrobots.ids import to_global_id
 from kindrobots.resolvers.access import (
-    member_organizations,
+    organization_page,
     require_role,
-    require_viewer,
     scoped_get,
 )
 
@@ -28,16 +27,17 @@ async def record(
     organization_id: uuid.UUID,
     actor_id: uuid.UUID | None,
     action: str,
-    target_type: str | None = None,
-    target_id: str | None = None,
+    target: tuple[str, uuid.UUID],
     details: dict[str, Any] | None = None,
 ) -> AuditEvent:
+    """Append one event; ``target`` is (GraphQL type, row ID), stored as its global ID."""
+    target_type, target_id = target
     event = AuditEvent(
         organization_id=organization_id,
         actor_id=actor_id,
         action=action,
         target_type=target_type,
-        target_id=target_id,
+        target_id=to_global_id(target_type, target_id),
         details=details or {},
         ip=ctx.ip,
         created_at=ctx.now(),
@@ -52,18 +52,10 @@ async def list_events(
     after: str | None,
     action: str | None,
 ) -> Page[AuditEvent]:
-    await require_role(ctx, organization_id, Role.ADMIN)
-    viewer = await require_viewer(ctx)
-    statement = select(AuditEvent).where(
-        AuditEvent.organization_id == organization_id,
-        AuditEvent.organization_id.in_(member_organizations(viewer)),
+    conditions = [AuditEvent.action == action] if action else []
+    return await organization_page(
+        ctx, AuditEvent, organization_id, Role.ADMIN, first, after, *conditions
     )
-    if action:
-        statement = statement.where(AuditEvent.action == action)
-    async with ctx.services.read() as session:
-        return await paginate(
-            session, statement, AuditEvent.created_at, AuditEvent.id, first, after
-        )
 
 
 async def get_event(ctx: RequestContext, event_id: uuid.UUID) -> AuditEvent:

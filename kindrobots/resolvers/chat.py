@@ -49,6 +49,7 @@ from kindrobots.db.models import (
 from kindrobots.db.pagination import Page, paginate
 from kindrobots.resolvers.access import (
     member_organizations,
+    organization_page,
     require_role,
     require_viewer,
     scoped_get,
@@ -428,18 +429,10 @@ async def list_conversations(
     first: int,
     after: str | None,
 ) -> Page[Conversation]:
-    await require_role(ctx, organization_id, Role.VIEWER)
-    viewer = await require_viewer(ctx)
-    statement = select(Conversation).where(
-        Conversation.organization_id == organization_id,
-        Conversation.organization_id.in_(member_organizations(viewer)),
+    conditions = [Conversation.project_id == project_id] if project_id is not None else []
+    return await organization_page(
+        ctx, Conversation, organization_id, Role.VIEWER, first, after, *conditions
     )
-    if project_id is not None:
-        statement = statement.where(Conversation.project_id == project_id)
-    async with ctx.services.read() as session:
-        return await paginate(
-            session, statement, Conversation.created_at, Conversation.id, first, after
-        )
 
 
 async def list_messages(

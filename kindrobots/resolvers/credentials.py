@@ -12,7 +12,6 @@ from kindrobots.auth.roles import Role
 from kindrobots.context import RequestContext, Services
 from kindrobots.db.locks import lock_organization
 from kindrobots.db.models import LlmCredential
-from kindrobots.ids import to_global_id
 from kindrobots.resolvers import audit, validation
 from kindrobots.resolvers.access import (
     delete_owned,
@@ -95,8 +94,7 @@ async def add_credential(
             organization_id=organization_id,
             actor_id=viewer.user.id,
             action="llm_credential.add",
-            target_type="LlmCredential",
-            target_id=to_global_id("LlmCredential", credential_id),
+            target=("LlmCredential", credential_id),
             details={"provider": provider.value, "label": label, "keyHint": row.key_hint},
         )
     return row
@@ -121,8 +119,7 @@ async def delete_credential(ctx: RequestContext, credential_id: uuid.UUID) -> bo
             organization_id=row.organization_id,
             actor_id=viewer.user.id,
             action="llm_credential.delete",
-            target_type="LlmCredential",
-            target_id=to_global_id("LlmCredential", row.id),
+            target=("LlmCredential", row.id),
             details={"label": row.label, "keyHint": row.key_hint},
         )
     return True

@@ -12,12 +12,11 @@ from kindrobots.auth.roles import Role
 from kindrobots.context import RequestContext
 from kindrobots.db.locks import lock_organization
 from kindrobots.db.models import Manifest, ManifestVersion
-from kindrobots.db.pagination import Page, paginate
-from kindrobots.ids import to_global_id
+from kindrobots.db.pagination import Page
 from kindrobots.resolvers import audit, openapi, validation
 from kindrobots.resolvers.access import (
     delete_owned,
-    member_organizations,
+    organization_page,
     require_role,
     require_viewer,
     scoped_get,
@@ -87,8 +86,7 @@ async def create_manifest(
             organization_id=organization_id,
             actor_id=viewer.user.id,
             action="manifest.create" if manifest.version == 1 else "manifest.version",
-            target_type="Manifest",
-            target_id=to_global_id("Manifest", manifest.id),
+            target=("Manifest", manifest.id),
             details={
                 "name": name,
                 "version": manifest.version,
@@ -144,8 +142,7 @@ async def delete_manifest(ctx: RequestContext, manifest_id: uuid.UUID) -> bool:
             organization_id=manifest.organization_id,
             actor_id=viewer.user.id,
             action="manifest.delete",
-            target_type="Manifest",
-            target_id=to_global_id("Manifest", manifest.id),
+            target=("Manifest", manifest.id),
             details={"name": manifest.name, "version": manifest.version},
         )
     return True
@@ -154,11 +151,4 @@ async def delete_manifest(ctx: RequestContext, manifest_id: uuid.UUID) -> bool:
 async def list_manifests(
     ctx: RequestContext, organization_id: uuid.UUID, first: int, after: str | None
 ) -> Page[Manifest]:
-    await require_role(ctx, organization_id, Role.VIEWER)
-    viewer = await require_viewer(ctx)
-    statement = select(Manifest).where(
-        Manifest.organization_id == organization_id,
-        Manifest.organization_id.in_(member_organizations(viewer)),
-    )
-    async with ctx.services.read() as session:
-        return await paginate(session, statement, Manifest.created_at, Manifest.id, first, after)
+    return await organization_page(ctx, Manifest, organization_id, Role.VIEWER, first, after)

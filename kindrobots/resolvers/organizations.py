@@ -16,10 +16,14 @@ from kindrobots.billing.plans import plan_for
 from kindrobots.context import RequestContext
 from kindrobots.db.locks import lock_organization
 from kindrobots.db.models import Invitation, Membership, Organization, User
-from kindrobots.db.pagination import Page, paginate
-from kindrobots.ids import to_global_id
+from kindrobots.db.pagination import Page
 from kindrobots.resolvers import audit, validation
-from kindrobots.resolvers.access import member_organizations, require_role, require_viewer
+from kindrobots.resolvers.access import (
+    member_organizations,
+    organization_page,
+    require_role,
+    require_viewer,
+)
 from kindrobots.security.errors import Conflict, Forbidden, NotFound, PaymentRequired
 from kindrobots.security.redaction import register_secret
 
@@ -53,8 +57,7 @@ async def insert_organization(
         organization_id=organization.id,
         actor_id=owner.id,
         action="organization.create",
-        target_type="Organization",
-        target_id=to_global_id("Organization", organization.id),
+        target=("Organization", organization.id),
         details={"name": name},
     )
     return organization
@@ -84,16 +87,7 @@ async def get_organization(ctx: RequestContext, organization_id: uuid.UUID) -> O
 async def list_members(
     ctx: RequestContext, organization_id: uuid.UUID, first: int, after: str | None
 ) -> Page[Membership]:
-    await require_role(ctx, organization_id, Role.VIEWER)
-    viewer = await require_viewer(ctx)
-    statement = select(Membership).where(
-        Membership.organization_id == organization_id,
-        Membership.organization_id.in_(member_organizations(viewer)),
-    )
-    async with ctx.services.read() as session:
-        return await paginate(
-            session, statement, Membership.created_at, Membership.id, first, after
-        )
+    return await organization_page(ctx, Membership, organization_id, Role.VIEWER, first, after)
 
 
 async def list_invitations(ctx: RequestContext, organization_id: uuid.UUID) -> list[Invitation]:
@@ -205,8 +199,7 @@ async def invite_member(
             organization_id=organization_id,
             actor_id=viewer.user.id,
             action="member.invite",
-            target_type="Invitation",
-            target_id=to_global_id("Invitation", invitation.id),
+            target=("Invitation", invitation.id),
             details={"email": email, "role": role.value},
         )
     return invitation, token
@@ -253,8 +246,7 @@ async def accept_invitation(ctx: RequestContext, token: str) -> Membership:
             organization_id=invitation.organization_id,
             actor_id=viewer.user.id,
             action="invitation.accept",
-            target_type="User",
-            target_id=to_global_id("User", viewer.user.id),
+            target=("User", viewer.user.id),
             details={"role": invitation.role},
         )
     return membership
@@ -303,8 +295,7 @@ async def update_member_role(
             organization_id=organization_id,
             actor_id=viewer.user.id,
             action="member.role_update",
-            target_type="User",
-            target_id=to_global_id("User", user_id),
+            target=("User", user_id),
             details={"from": previous.value, "to": role.value},
         )
     return membership
@@ -330,8 +321,7 @@ async def remove_member(
             organization_id=organization_id,
             actor_id=viewer.user.id,
             action="member.remove",
-            target_type="User",
-            target_id=to_global_id("User", user_id),
+            target=("User", user_id),
             details={"role": membership.role},
         )
     return True

@@ -14,12 +14,11 @@ from kindrobots.auth.roles import Role
 from kindrobots.context import RequestContext
 from kindrobots.db.locks import lock_organization
 from kindrobots.db.models import Agent, Project
-from kindrobots.db.pagination import Page, paginate
-from kindrobots.ids import to_global_id
+from kindrobots.db.pagination import Page
 from kindrobots.resolvers import audit, validation
 from kindrobots.resolvers.access import (
     lock_and_reload,
-    member_organizations,
+    organization_page,
     require_role,
     require_viewer,
     scoped_get,
@@ -126,8 +125,7 @@ async def create_project(
             organization_id=organization_id,
             actor_id=viewer.user.id,
             action="project.create",
-            target_type="Project",
-            target_id=to_global_id("Project", project.id),
+            target=("Project", project.id),
             details={"name": project.name, "accessMode": project.access_mode},
         )
     return project
@@ -173,8 +171,7 @@ async def update_project(
             organization_id=project.organization_id,
             actor_id=viewer.user.id,
             action="project.update",
-            target_type="Project",
-            target_id=to_global_id("Project", project.id),
+            target=("Project", project.id),
             details={"changed": changed},
         )
     return project
@@ -193,8 +190,7 @@ async def rotate_project_key(ctx: RequestContext, project_id: uuid.UUID) -> Proj
             organization_id=project.organization_id,
             actor_id=viewer.user.id,
             action="project.rotate_key",
-            target_type="Project",
-            target_id=to_global_id("Project", project.id),
+            target=("Project", project.id),
         )
     return project
 
@@ -211,8 +207,7 @@ async def delete_project(ctx: RequestContext, project_id: uuid.UUID) -> bool:
             organization_id=project.organization_id,
             actor_id=viewer.user.id,
             action="project.delete",
-            target_type="Project",
-            target_id=to_global_id("Project", project.id),
+            target=("Project", project.id),
             details={"name": project.name},
         )
     return True
@@ -221,11 +216,4 @@ async def delete_project(ctx: RequestContext, project_id: uuid.UUID) -> bool:
 async def list_projects(
     ctx: RequestContext, organization_id: uuid.UUID, first: int, after: str | None
 ) -> Page[Project]:
-    await require_role(ctx, organization_id, Role.VIEWER)
-    viewer = await require_viewer(ctx)
-    statement = select(Project).where(
-        Project.organization_id == organization_id,
-        Project.organization_id.in_(member_organizations(viewer)),
-    )
-    async with ctx.services.read() as session:
-        return await paginate(session, statement, Project.created_at, Project.id, first, after)
+    return await organization_page(ctx, Project, organization_id, Role.VIEWER, first, after)

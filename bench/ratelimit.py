@@ -37,10 +37,12 @@ import strawberry
 from aiohttp import web
 from redis.asyncio import Redis
 from strawberry.extensions import ParserCache, ValidationCache
+from strawberry.schema.config import StrawberryConfig
 
 from kindrobots.config import Settings, format_keys, generate_key, load_settings
 from kindrobots.context import RequestContext, Services
 from kindrobots.db.migrate import upgrade
+from kindrobots.schema.base import Info
 from kindrobots.schema.directives import RateLimit, RateLimitKey, install_rate_limits
 from kindrobots.security.ratelimit import Limiter, MemoryLimiter, RedisLimiter
 from kindrobots.server import SERVICES, create_app, create_services
@@ -154,6 +156,8 @@ install_rate_limits([BenchQuery])
 BENCH_SCHEMA = strawberry.Schema(
     query=BenchQuery,
     extensions=[lambda: ParserCache(maxsize=8), lambda: ValidationCache(maxsize=8)],
+    # The limit reads what the field's permission granted from the project's Info type.
+    config=StrawberryConfig(info_class=Info),
 )
 
 

@@ -5,8 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from kindrobots.config import ConfigError, Settings, format_keys, generate_key, load_settings
+
+if TYPE_CHECKING:
+    from kindrobots.context import Services
 
 
 def _migrate(settings: Settings) -> None:
@@ -55,8 +62,34 @@ def _audit_verify(settings: Settings) -> int:
     return asyncio.run(run())
 
 
+@dataclass
+class RotationReport:
+    rotated: int = 0
+    current: int = 0
+    failed: int = 0
+
+
+async def rotate_keys(services: Services, batch_size: int) -> RotationReport:
+    """Re-seal every secret under the first key: one unit of work per batch, so an
+    interrupted run keeps what it committed and the next run continues from there."""
+    from kindrobots.auth.principals import CLI
+    from kindrobots.resolvers.credentials import count_under_active_key, rotate_batch
+
+    keyring = services.keyring
+    report, failed = RotationReport(), set[uuid.UUID]()
+    async with services.read() as session:
+        report.current = await count_under_active_key(session, keyring)
+    while True:
+        async with services.write() as session:
+            batch = await rotate_batch(session, CLI, datetime.now(UTC), keyring, batch_size, failed)
+        report.rotated += batch.rotated
+        failed.update(batch.failed)
+        if batch.done:
+            report.failed = len(failed)
+            return report
+
+
 def _keys_rotate(settings: Settings, batch_size: int) -> int:
-    from kindrobots.resolvers.credentials import rotate_keys
     from kindrobots.server import create_services
 
     async def run() -> int:

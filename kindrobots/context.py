@@ -1,9 +1,11 @@
-"""What a resolver sees: the process's services and the caller of one request or operation."""
+"""What a GraphQL field sees: the process's services and the caller of one request.
+
+Only the schema layer (the adapters) reads this; business rules in ``resolvers``
+take a session, an actor and the time instead.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -12,18 +14,18 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from kindrobots.auth.roles import Role
+from kindrobots.auth.principals import Actor
 from kindrobots.auth.tokens import TokenSigner
+from kindrobots.auth.widgets import WidgetRejected
 from kindrobots.broker import Broker
 from kindrobots.config import Settings
+from kindrobots.security.connections import Slot
 from kindrobots.security.crypto import KeyRing
 from kindrobots.security.jwks import JwksCache
 from kindrobots.security.ratelimit import Limiter
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
-
-    from kindrobots.db.models import User
 
 AuthSource = Literal["bearer", "cookie", "connection"]
 
@@ -56,13 +58,6 @@ class Services:
 
 
 @dataclass
-class Viewer:
-    user: User
-    session_id: uuid.UUID
-    roles: dict[uuid.UUID, Role]
-
-
-@dataclass
 class Cookie:
     name: str
     value: str
@@ -81,16 +76,18 @@ class RequestContext:
     auth_source: AuthSource | None = None
     connection_params: dict[str, Any] | None = None
     origin: str | None = None
-    # A widget or API client of one project (resolvers.chat.WidgetCaller), set once checked.
-    widget: object | None = None
+    # Who is calling, as of the current operation: set when each operation begins
+    # (schema.callers.identify), since a session may end while a WebSocket stays open.
+    caller: Actor | None = None
+    # A widget's refusal at authentication, kept to answer its fields with the reason.
+    widget_refusal: WidgetRejected | None = None
     # WebSocket only: close the connection with a protocol close code (4401, 4403).
     close_connection: Callable[..., Awaitable[Any]] | None = None
     # WebSocket only: the connection's claims on the per-IP and per-project limits.
-    connection_slot: object | None = None
+    connection_slot: Slot | None = None
     # Set by the transport: HTTP writes Set-Cookie headers, a WebSocket cannot and ignores them.
     cookie_sink: Callable[[list[Cookie]], None] | None = None
-    # Per-operation caches, filled by kindrobots.resolvers (auth.current_viewer, loaders.loaders).
-    viewer_task: asyncio.Task[Viewer | None] | None = None
+    # Per-operation caches (schema.loaders), emptied when an operation begins.
     loader_cache: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -99,11 +96,6 @@ class RequestContext:
 
     def now(self) -> datetime:
         return datetime.now(UTC)
-
-    def begin_operation(self) -> None:
-        """A WebSocket runs many operations on one context; none may reuse stale state."""
-        self.viewer_task = None
-        self.loader_cache = {}
 
     def set_session_cookies(self, access: str, refresh: str) -> None:
         self._send_cookies(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import logging
 import weakref
@@ -18,15 +19,16 @@ from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.types import ExecutionResult
 
+from kindrobots.auth.principals import UserActor, WidgetActor
 from kindrobots.auth.tokens import TokenSigner
+from kindrobots.auth.widgets import WidgetRejected, authenticate_widget
 from kindrobots.broker.memory import MemoryBroker
 from kindrobots.broker.redis import RedisBroker
 from kindrobots.config import Settings
 from kindrobots.context import Cookie, RequestContext, Services
 from kindrobots.db.engine import create_engine, create_sessionmaker
-from kindrobots.resolvers.access import current_viewer
-from kindrobots.resolvers.chat import WidgetCaller, WidgetRejected, authenticate_widget
 from kindrobots.schema import build_schema
+from kindrobots.schema.callers import identify
 from kindrobots.security.client_ip import client_ip
 from kindrobots.security.connections import ConnectionLimits, Slot
 from kindrobots.security.cors import CorsPolicy, project_origins, setup_cors
@@ -109,7 +111,7 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
         project_key = request.headers.get("X-Project-Key")
         if project_key is not None and not websocket:
             # The external chat API: the bearer token, if any, is the end user's, not a session.
-            context.widget = await self._widget(context, project_key, bearer, browser_only=False)
+            await self._widget(context, project_key, bearer, browser_only=False)
             return context
         if bearer:
             context.access_token, context.auth_source = bearer, "bearer"
@@ -129,19 +131,25 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
 
     async def _widget(
         self, context: RequestContext, project_key: object, token: str | None, *, browser_only: bool
-    ) -> WidgetCaller | WidgetRejected:
+    ) -> WidgetActor | None:
+        """Authenticate a widget into ``context.caller``, or keep its refusal."""
         try:
-            return await authenticate_widget(
-                self.services,
-                project_key=project_key,
-                origin=context.origin,
-                token=token,
-                browser_only=browser_only,
-            )
+            async with self.services.read() as session:
+                actor = await authenticate_widget(
+                    session,
+                    self.services.jwks,
+                    project_key=project_key,
+                    origin=context.origin,
+                    token=token,
+                    browser_only=browser_only,
+                )
         except WidgetRejected as rejected:
             # The reason names the failed check, never the key or token themselves.
             logger.info("widget refused from %s: %s", context.ip, rejected.reason)
-            return rejected
+            context.widget_refusal = rejected
+            return None
+        context.caller = dataclasses.replace(actor, ip=context.ip)
+        return context.caller
 
     def is_websocket_origin_allowed(self, request: web.Request, origin: str) -> bool:
         """Decided at connection_init: widgets by their project, the dashboard by its origins."""
@@ -164,22 +172,21 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
                 token if isinstance(token, str) else None,
                 browser_only=True,
             )
-            if isinstance(caller, WidgetRejected):
+            if caller is None:
+                refusal = context.widget_refusal
+                assert refusal is not None
                 if context.close_connection is not None:
                     await context.close_connection(
-                        code=caller.close_code,
-                        message=b"Unauthorized" if caller.close_code == 4401 else b"Forbidden",
+                        code=refusal.close_code,
+                        message=b"Unauthorized" if refusal.close_code == 4401 else b"Forbidden",
                     )
                 raise ConnectionRejectionError()
             slot = context.connection_slot
-            if isinstance(slot, Slot) and not self.connections.claim(
-                slot, "project", caller.project_id
-            ):
+            if slot is not None and not self.connections.claim(slot, "project", caller.project_id):
                 logger.warning("too many connections for project %s", caller.project_id)
                 if context.close_connection is not None:
                     await context.close_connection(code=4429, message=b"Too many connections")
                 raise ConnectionRejectionError()
-            context.widget = caller
             # The origin was checked against the project, not the dashboard: a session cookie
             # the browser sent along must not turn a customer's page into the dashboard.
             context.access_token = context.auth_source = None
@@ -194,7 +201,8 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
         if token:
             context.access_token, context.auth_source = token, "connection"
             # Refuse a token that is forged, expired or whose session was signed out.
-            if await current_viewer(context) is None:
+            await identify(context)
+            if not isinstance(context.caller, UserActor):
                 raise ConnectionRejectionError()
         return None
 

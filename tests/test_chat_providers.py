@@ -22,10 +22,10 @@ import pytest
 import pytest_asyncio
 from strawberry.types import ExecutionResult
 
+from kindrobots.auth.widgets import authenticate_widget
 from kindrobots.chat import providers
 from kindrobots.context import RequestContext
 from kindrobots.ids import to_global_id
-from kindrobots.resolvers.chat import authenticate_widget
 from kindrobots.schema import build_schema
 from kindrobots.security import ssrf
 from tests.chat_helpers import CHAT, ORIGIN, Deployed, deploy, widget_chat
@@ -381,14 +381,16 @@ async def test_closing_the_event_stream_between_events_cancels_upstream_and_keep
     scenario = setup.scenario
     scenario.queue(stream(dialect.text(["Once upon ", "a time"], done=False), "hold"))
     services = llm_server.services
-    caller = await authenticate_widget(
-        services,
-        project_key=setup.deployed.project_key,
-        origin=ORIGIN,
-        token=None,
-        browser_only=True,
-    )
-    context = RequestContext(services=services, ip="127.0.0.1", user_agent=None, widget=caller)
+    async with services.read() as session:
+        caller = await authenticate_widget(
+            session,
+            services.jwks,
+            project_key=setup.deployed.project_key,
+            origin=ORIGIN,
+            token=None,
+            browser_only=True,
+        )
+    context = RequestContext(services=services, ip="127.0.0.1", user_agent=None, caller=caller)
     results = await build_schema().stream(
         CHAT, variable_values={"input": {"message": "Tell me a story"}}, context_value=context
     )

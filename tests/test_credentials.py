@@ -22,10 +22,11 @@ from sqlalchemy import insert, inspect, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
+from kindrobots.cli import rotate_keys
 from kindrobots.config import Key, format_keys, generate_key
 from kindrobots.db.models import Agent, LlmCredential
 from kindrobots.ids import from_global_id
-from kindrobots.resolvers.credentials import associated_data, open_api_key, rotate_keys
+from kindrobots.resolvers.credentials import associated_data, open_api_key
 from kindrobots.security.crypto import DecryptionError, KeyRing, Sealed
 from kindrobots.server import create_services
 from tests.conftest import (

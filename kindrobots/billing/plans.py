@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
-from kindrobots.auth.roles import Tier
 from kindrobots.config import Settings
+
+
+class Tier(enum.Enum):
+    STARTER = "STARTER"
+    PROFESSIONAL = "PROFESSIONAL"
+    ENTERPRISE = "ENTERPRISE"
 
 
 @dataclass(frozen=True)

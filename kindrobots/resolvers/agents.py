@@ -5,23 +5,17 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kindrobots.auth.roles import Role
-from kindrobots.context import RequestContext
+from kindrobots.auth.principals import UserActor
 from kindrobots.db.locks import lock_organization
 from kindrobots.db.models import Agent, AgentManifest, LlmCredential, Manifest, Project
 from kindrobots.db.pagination import Page
 from kindrobots.resolvers import audit, validation
-from kindrobots.resolvers.access import (
-    lock_and_reload,
-    organization_page,
-    require_role,
-    require_viewer,
-    scoped_get,
-)
+from kindrobots.resolvers.access import lock_row, organization_page, scoped_get
 from kindrobots.security.errors import BadUserInput, Conflict, NotFound
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,99}$")
@@ -31,7 +25,8 @@ MAX_MANIFESTS = 20
 
 @dataclass
 class AgentFields:
-    """Validated input; ``None`` on update means unchanged (clearing is explicit)."""
+    """Validated input; on update ``None`` means unchanged, and ``clear_credential``
+    detaches the credential (the only field of an agent that can be cleared)."""
 
     name: str | None = None
     system_prompt: str | None = None
@@ -104,102 +99,106 @@ async def _set_manifests(
 
 
 async def create_agent(
-    ctx: RequestContext, organization_id: uuid.UUID, fields: AgentFields
+    session: AsyncSession,
+    actor: UserActor,
+    now: datetime,
+    organization_id: uuid.UUID,
+    fields: AgentFields,
 ) -> Agent:
-    await require_role(ctx, organization_id, Role.EDITOR)
-    viewer = await require_viewer(ctx)
     fields = validate(fields)
     assert fields.name is not None and fields.model is not None
-    now = ctx.now()
-    async with ctx.services.write() as session:
-        # Under the lock a concurrent delete of the credential or a manifest cannot slip in.
-        await lock_organization(session, organization_id)
-        await _check_references(session, organization_id, fields)
-        agent = Agent(
-            organization_id=organization_id,
-            name=fields.name,
-            system_prompt=fields.system_prompt or "",
-            model=fields.model,
-            temperature=0.7 if fields.temperature is None else fields.temperature,
-            llm_credential_id=fields.llm_credential_id,
-            created_at=now,
-            updated_at=now,
-        )
-        session.add(agent)
-        await session.flush()
-        await _set_manifests(session, agent, fields.manifest_ids or [])
-        await audit.record(
-            session,
-            ctx,
-            organization_id=organization_id,
-            actor_id=viewer.user.id,
-            action="agent.create",
-            target=("Agent", agent.id),
-            details={"name": agent.name, "model": agent.model},
-        )
+    # Under the lock a concurrent delete of the credential or a manifest cannot slip in.
+    await lock_organization(session, organization_id)
+    await _check_references(session, organization_id, fields)
+    agent = Agent(
+        organization_id=organization_id,
+        name=fields.name,
+        system_prompt=fields.system_prompt or "",
+        model=fields.model,
+        temperature=0.7 if fields.temperature is None else fields.temperature,
+        llm_credential_id=fields.llm_credential_id,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(agent)
+    await session.flush()
+    await _set_manifests(session, agent, fields.manifest_ids or [])
+    await audit.record(
+        session,
+        actor,
+        now,
+        organization_id=organization_id,
+        action="agent.create",
+        target=("Agent", agent.id),
+        details={"name": agent.name, "model": agent.model},
+    )
     return agent
 
 
-async def get_agent(ctx: RequestContext, agent_id: uuid.UUID) -> Agent:
-    async with ctx.services.read() as session:
-        return await scoped_get(session, ctx, Agent, agent_id)
+async def get_agent(session: AsyncSession, actor: UserActor, agent_id: uuid.UUID) -> Agent:
+    return await scoped_get(session, actor, Agent, agent_id)
 
 
-async def update_agent(ctx: RequestContext, agent_id: uuid.UUID, fields: AgentFields) -> Agent:
-    viewer = await require_viewer(ctx)
+async def update_agent(
+    session: AsyncSession,
+    actor: UserActor,
+    now: datetime,
+    organization_id: uuid.UUID,
+    agent_id: uuid.UUID,
+    fields: AgentFields,
+) -> Agent:
     fields = validate(fields)
-    async with ctx.services.write() as session:
-        agent = await scoped_get(session, ctx, Agent, agent_id)
-        await require_role(ctx, agent.organization_id, Role.EDITOR)
-        await lock_and_reload(session, agent)
-        await _check_references(session, agent.organization_id, fields)
-        changed = []
-        for name in ("name", "system_prompt", "model", "temperature", "llm_credential_id"):
-            value = getattr(fields, name)
-            if value is not None and value != getattr(agent, name):
-                setattr(agent, name, value)
-                changed.append(name)
-        if fields.clear_credential and agent.llm_credential_id is not None:
-            agent.llm_credential_id = None
-            changed.append("llm_credential_id")
-        if fields.manifest_ids is not None:
-            await _set_manifests(session, agent, fields.manifest_ids)
-            changed.append("manifests")
-        agent.updated_at = ctx.now()
-        await audit.record(
-            session,
-            ctx,
-            organization_id=agent.organization_id,
-            actor_id=viewer.user.id,
-            action="agent.update",
-            target=("Agent", agent.id),
-            details={"changed": changed},
-        )
+    agent = await lock_row(session, Agent, agent_id, organization_id)
+    await _check_references(session, agent.organization_id, fields)
+    changed = []
+    for name in ("name", "system_prompt", "model", "temperature", "llm_credential_id"):
+        value = getattr(fields, name)
+        if value is not None and value != getattr(agent, name):
+            setattr(agent, name, value)
+            changed.append(name)
+    if fields.clear_credential and agent.llm_credential_id is not None:
+        agent.llm_credential_id = None
+        changed.append("llm_credential_id")
+    if fields.manifest_ids is not None:
+        await _set_manifests(session, agent, fields.manifest_ids)
+        changed.append("manifests")
+    agent.updated_at = now
+    await audit.record(
+        session,
+        actor,
+        now,
+        organization_id=agent.organization_id,
+        action="agent.update",
+        target=("Agent", agent.id),
+        details={"changed": changed},
+    )
     return agent
 
 
-async def delete_agent(ctx: RequestContext, agent_id: uuid.UUID) -> bool:
-    viewer = await require_viewer(ctx)
-    async with ctx.services.write() as session:
-        agent = await scoped_get(session, ctx, Agent, agent_id)
-        await require_role(ctx, agent.organization_id, Role.EDITOR)
-        # Ordered with createProject/updateProject: a project cannot appear after the count.
-        await lock_organization(session, agent.organization_id)
-        projects = await session.scalar(
-            select(func.count()).select_from(Project).where(Project.agent_id == agent.id)
-        )
-        if projects:
-            raise Conflict(f"The agent is used by {projects} project(s); delete those first.")
-        await session.delete(agent)
-        await audit.record(
-            session,
-            ctx,
-            organization_id=agent.organization_id,
-            actor_id=viewer.user.id,
-            action="agent.delete",
-            target=("Agent", agent.id),
-            details={"name": agent.name},
-        )
+async def delete_agent(
+    session: AsyncSession,
+    actor: UserActor,
+    now: datetime,
+    organization_id: uuid.UUID,
+    agent_id: uuid.UUID,
+) -> bool:
+    # Ordered with createProject/updateProject: a project cannot appear after the count.
+    agent = await lock_row(session, Agent, agent_id, organization_id)
+    projects = await session.scalar(
+        select(func.count()).select_from(Project).where(Project.agent_id == agent.id)
+    )
+    if projects:
+        raise Conflict(f"The agent is used by {projects} project(s); delete those first.")
+    await session.delete(agent)
+    await audit.record(
+        session,
+        actor,
+        now,
+        organization_id=agent.organization_id,
+        action="agent.delete",
+        target=("Agent", agent.id),
+        details={"name": agent.name},
+    )
     return True
 
 
@@ -209,7 +208,8 @@ def _like_pattern(search: str) -> str:
 
 
 async def list_agents(
-    ctx: RequestContext,
+    session: AsyncSession,
+    actor: UserActor,
     organization_id: uuid.UUID,
     first: int,
     after: str | None,
@@ -221,5 +221,5 @@ async def list_agents(
             raise BadUserInput("search", "Search for at most 100 characters.")
         conditions.append(Agent.name.ilike(_like_pattern(search.strip()), escape="\\"))
     return await organization_page(
-        ctx, Agent, organization_id, Role.VIEWER, first, after, *conditions
+        session, actor, Agent, organization_id, first, after, *conditions
     )

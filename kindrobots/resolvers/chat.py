@@ -1,25 +1,30 @@
-"""Chat: widget callers, conversations, and one agent reply streamed and stored.
+"""Chat: what a widget may chat with, one turn of a conversation, the reply, the feed.
 
-The user's message is stored before the upstream call; the reply when it is
-complete, or marked partial when the stream breaks or the client leaves. Every
-stored message is published on the project's channel so that a dashboard on
-any instance sees it.
+A turn is two units of work around the upstream call, owned by the caller:
+:func:`open_turn` stores the user's message (and, for a new conversation, the
+conversation with it: never one without the other), :func:`stream_reply` talks to
+the provider without holding a connection, and :func:`store_reply` stores the
+reply — complete, or marked partial when the stream breaks or the client leaves.
+Every stored message is published (:func:`publish`) so that a dashboard on any
+instance sees it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import aclosing
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from kindrobots.auth.roles import Role
+from kindrobots.auth.principals import UserActor, WidgetActor
+from kindrobots.auth.widgets import still_allowed
+from kindrobots.billing.plans import Tier
+from kindrobots.broker import Broker
 from kindrobots.chat import runtime, tools
 from kindrobots.chat.providers import (
     ANTHROPIC_BASE,
@@ -35,7 +40,8 @@ from kindrobots.chat.providers import (
     Turn,
     Usage,
 )
-from kindrobots.context import RequestContext, Services
+from kindrobots.config import Settings
+from kindrobots.db.enums import LlmProvider
 from kindrobots.db.models import (
     Agent,
     AgentManifest,
@@ -44,21 +50,14 @@ from kindrobots.db.models import (
     Manifest,
     ManifestVersion,
     Message,
+    Organization,
     Project,
 )
 from kindrobots.db.pagination import Page, paginate
-from kindrobots.resolvers.access import (
-    member_organizations,
-    organization_page,
-    require_role,
-    require_viewer,
-    scoped_get,
-)
-from kindrobots.resolvers.credentials import LlmProvider, open_api_key
-from kindrobots.resolvers.projects import AccessMode
-from kindrobots.security.errors import BadUserInput, Forbidden, NotFound, Unauthenticated
-from kindrobots.security.jwks import InvalidToken, verify_end_user
-from kindrobots.security.origins import origin_allowed
+from kindrobots.resolvers.access import member_organizations, organization_page, scoped_get
+from kindrobots.resolvers.credentials import open_api_key
+from kindrobots.security.crypto import KeyRing
+from kindrobots.security.errors import BadUserInput, NotFound
 
 logger = logging.getLogger("kindrobots.chat")
 
@@ -67,151 +66,154 @@ HISTORY_MESSAGES = 50
 
 
 @dataclass(frozen=True)
-class WidgetCaller:
-    """A widget or API client speaking for an end user of one project."""
+class ChatTarget:
+    """What a widget's message goes to, as of this message: its project (still admitting
+    the widget), the organization's tier, the agent, its credential and tools."""
 
-    project_id: uuid.UUID
-    organization_id: uuid.UUID
-    end_user: str | None
-    # What was checked at connection time, checked again before every message, so that
-    # a rotated key, a removed origin or an expired token ends an open connection too.
-    project_key: str = ""
-    origin: str | None = None
-    expires_at: float | None = None
-
-
-class WidgetRejected(Exception):
-    """Refused before the connection is accepted: 4401 for a bad token, 4403 otherwise."""
-
-    def __init__(self, close_code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.close_code = close_code
-        self.reason = reason
-
-
-async def authenticate_widget(
-    services: Services,
-    *,
-    project_key: object,
-    origin: str | None,
-    token: str | None,
-    browser_only: bool,
-) -> WidgetCaller:
-    """Check the project key, the Origin and (AUTHENTICATED projects) the end-user JWT.
-
-    ``browser_only`` (WebSocket widgets) refuses a missing Origin; the HTTP API
-    accepts server-to-server calls without one but checks any Origin it gets.
-    """
-    if not isinstance(project_key, str) or not project_key.startswith("pk_"):
-        raise WidgetRejected(4403, "missing or malformed project key")
-    async with services.read() as session:
-        project = await session.scalar(
-            select(Project).where(Project.publishable_key == project_key[:64])
-        )
-    if project is None:
-        raise WidgetRejected(4403, "unknown project key")
-    if (origin is not None or browser_only) and not origin_allowed(
-        origin, list(project.allowed_origins)
-    ):
-        raise WidgetRejected(4403, f"origin {str(origin)[:100]!r} not allowed for the project")
-    end_user, expires_at = None, None
-    if project.access_mode == AccessMode.AUTHENTICATED.value:
-        if not token:
-            raise WidgetRejected(4401, "end-user token missing")
-        assert project.jwks_url and project.jwt_issuer and project.jwt_audience
-        try:
-            user = await verify_end_user(
-                token,
-                cache=services.jwks,
-                jwks_url=project.jwks_url,
-                issuer=project.jwt_issuer,
-                audience=project.jwt_audience,
-            )
-        except InvalidToken as exc:
-            raise WidgetRejected(4401, f"end-user token refused: {exc.reason}") from None
-        end_user, expires_at = user.subject, user.expires_at
-    return WidgetCaller(
-        project.id, project.organization_id, end_user, project.publishable_key, origin, expires_at
-    )
-
-
-@dataclass(frozen=True)
-class Started:
-    conversation_id: uuid.UUID
-
-
-@dataclass(frozen=True)
-class Completed:
-    message_id: uuid.UUID
-    content: str
-    usage: Usage
-
-
-@dataclass(frozen=True)
-class Failed:
-    message: str
-    retry_after: int | None = None
-
-
-ChatEvent = Started | TextDelta | runtime.ToolRun | Completed | Failed
-
-
-@dataclass
-class _Agent:
+    project: Project
+    tier: Tier
     agent: Agent
     credential: LlmCredential | None
     manifests: list[tuple[list[str], list[dict[str, Any]]]] = field(default_factory=list)
 
 
-def _still_allowed(caller: WidgetCaller, project: Project | None) -> None:
-    if project is None or project.publishable_key != caller.project_key:
-        raise Forbidden("This project key is no longer valid.")
-    if caller.origin is not None and not origin_allowed(
-        caller.origin, list(project.allowed_origins)
-    ):
-        raise Forbidden("This site is no longer allowed to use this chat.")
-    if project.access_mode == AccessMode.AUTHENTICATED.value and caller.end_user is None:
-        raise Unauthenticated("This chat now needs a signed-in end user.")
-    if caller.expires_at is not None and time.time() >= caller.expires_at:
-        raise Unauthenticated("The end-user token has expired.")
-
-
-async def _load_agent(services: Services, caller: WidgetCaller) -> _Agent:
-    async with services.read() as session:
-        row = (
-            await session.execute(
-                select(Project, Agent, LlmCredential)
-                .join(Agent, Project.agent_id == Agent.id)
-                .outerjoin(LlmCredential, LlmCredential.id == Agent.llm_credential_id)
-                .where(Project.id == caller.project_id)
-            )
-        ).first()
-        _still_allowed(caller, row[0] if row else None)
-        assert row is not None
-        _project, agent, credential = row
-        versions = (
-            await session.scalars(
-                select(ManifestVersion)
-                .join(Manifest, Manifest.id == ManifestVersion.manifest_id)
-                .join(AgentManifest, AgentManifest.manifest_id == Manifest.id)
-                .where(
-                    AgentManifest.agent_id == agent.id,
+async def load_target(session: AsyncSession, actor: WidgetActor) -> ChatTarget:
+    """Everything one message needs, in one statement (a row per manifest of the agent);
+    FORBIDDEN or UNAUTHENTICATED when the project no longer admits the widget."""
+    rows = (
+        await session.execute(
+            select(Project, Organization.tier, Agent, LlmCredential, ManifestVersion)
+            .join(Organization, Organization.id == Project.organization_id)
+            .join(Agent, Agent.id == Project.agent_id)
+            .outerjoin(LlmCredential, LlmCredential.id == Agent.llm_credential_id)
+            .outerjoin(AgentManifest, AgentManifest.agent_id == Agent.id)
+            .outerjoin(Manifest, Manifest.id == AgentManifest.manifest_id)
+            .outerjoin(
+                ManifestVersion,
+                and_(
+                    ManifestVersion.manifest_id == Manifest.id,
                     ManifestVersion.version == Manifest.version,
-                )
-                .order_by(AgentManifest.position)
+                ),
             )
-        ).all()
-    return _Agent(agent, credential, [(list(v.servers), list(v.operations)) for v in versions])
+            .where(Project.id == actor.project_id)
+            .order_by(AgentManifest.position)
+        )
+    ).all()
+    still_allowed(actor, rows[0][0] if rows else None)
+    project, tier, agent, credential, _ = rows[0]
+    manifests = [
+        (list(version.servers), list(version.operations))
+        for *_, version in rows
+        if version is not None
+    ]
+    return ChatTarget(project, Tier(tier), agent, credential, manifests)
 
 
-def _provider(services: Services, credential: LlmCredential | None) -> Provider:
-    settings = services.settings
+@dataclass
+class OpenTurn:
+    """A user's message, stored, with what the model should read before it."""
+
+    conversation_id: uuid.UUID
+    project_id: uuid.UUID
+    organization_id: uuid.UUID
+    history: list[Message]
+    message: Message
+
+
+def check_message(text: str) -> str:
+    text = text.strip()
+    if not 1 <= len(text) <= MAX_MESSAGE_CHARS:
+        raise BadUserInput("message", f"Messages are 1 to {MAX_MESSAGE_CHARS} characters long.")
+    return text
+
+
+async def _history(
+    session: AsyncSession, actor: WidgetActor, conversation_id: uuid.UUID
+) -> list[Message]:
+    """The newest messages of one of the widget's own conversations, oldest first.
+
+    A conversation is never stored without its first message, so no rows means no
+    such conversation for this caller: NOT_FOUND.
+    """
+    rows = (
+        await session.scalars(
+            select(Message)
+            .join(Conversation, Conversation.id == Message.conversation_id)
+            .where(
+                Conversation.id == conversation_id,
+                Conversation.project_id == actor.project_id,
+                # An anonymous widget may continue only anonymous conversations, and
+                # an end user only their own.
+                Conversation.end_user.is_(None)
+                if actor.end_user is None
+                else Conversation.end_user == actor.end_user,
+            )
+            .order_by(Message.created_at.desc(), Message.id.desc())
+            .limit(HISTORY_MESSAGES)
+        )
+    ).all()
+    if not rows:
+        raise NotFound("The conversation was not found.")
+    return list(reversed(rows))
+
+
+async def open_turn(
+    session: AsyncSession,
+    actor: WidgetActor,
+    now: datetime,
+    conversation_id: uuid.UUID | None,
+    text: str,
+) -> OpenTurn:
+    """Store the user's message; a new conversation is stored with it, in one unit."""
+    text = check_message(text)
+    if conversation_id is None:
+        conversation_id = uuid.uuid4()
+        session.add(
+            Conversation(
+                id=conversation_id,
+                organization_id=actor.organization_id,
+                project_id=actor.project_id,
+                end_user=actor.end_user,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        history: list[Message] = []
+    else:
+        history = await _history(session, actor, conversation_id)
+    message = Message(
+        id=uuid.uuid4(),
+        organization_id=actor.organization_id,
+        conversation_id=conversation_id,
+        role="user",
+        content=text,
+        created_at=now,
+    )
+    session.add(message)
+    await session.flush()
+    return OpenTurn(conversation_id, actor.project_id, actor.organization_id, history, message)
+
+
+@dataclass
+class Reply:
+    """What the assistant said so far, gathered while streaming."""
+
+    texts: list[str] = field(default_factory=list)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    usage: Usage = field(default_factory=lambda: Usage(0, 0))
+
+    @property
+    def empty(self) -> bool:
+        return not self.texts and not self.runs
+
+
+def _provider(settings: Settings, keyring: KeyRing, credential: LlmCredential | None) -> Provider:
     if credential is None or credential.provider == LlmProvider.DEMO.value:
         if settings.is_production and credential is None:
             raise ProviderError("This agent has no LLM credential configured.")
         return DemoProvider()
     # Decrypted only for the lifetime of this provider object, i.e. this one reply.
-    api_key = open_api_key(services.keyring, credential)
+    api_key = open_api_key(keyring, credential)
     allow, https_only = settings.outbound_allow, settings.is_production
     if credential.provider == LlmProvider.ANTHROPIC.value:
         return AnthropicProvider(
@@ -243,37 +245,85 @@ def _turns(messages: list[Message]) -> list[Turn]:
     return turns
 
 
-async def _conversation(
-    services: Services, caller: WidgetCaller, conversation_id: uuid.UUID | None
-) -> Conversation:
-    async with services.write() as session:
-        if conversation_id is not None:
-            conversation = await session.scalar(
-                select(Conversation).where(
-                    Conversation.id == conversation_id,
-                    Conversation.project_id == caller.project_id,
-                    # An anonymous widget may continue only anonymous conversations, and
-                    # an end user only their own.
-                    Conversation.end_user.is_(None)
-                    if caller.end_user is None
-                    else Conversation.end_user == caller.end_user,
+async def stream_reply(
+    settings: Settings, keyring: KeyRing, target: ChatTarget, turn: OpenTurn, reply: Reply
+) -> AsyncGenerator[TextDelta | runtime.ToolRun, None]:
+    """The agent's answer as it streams, gathered into ``reply`` on the way.
+
+    Raises :class:`ProviderError` when the provider fails; closing the generator
+    (the client left) ends the upstream request with it.
+    """
+    specs = tools.build_tools(target.manifests)
+    agent = target.agent
+    request = ChatRequest(
+        model=agent.model,
+        system=agent.system_prompt,
+        turns=runtime.bound_history(_turns([*turn.history, turn.message])),
+        tools=[spec.tool for spec in specs.values()],
+        temperature=agent.temperature,
+    )
+    events = runtime.converse(
+        _provider(settings, keyring, target.credential),
+        request,
+        specs,
+        settings.outbound_allow,
+        https_only=settings.is_production,
+    )
+    try:
+        async for event in events:
+            if isinstance(event, Usage):
+                reply.usage = event
+                continue
+            if isinstance(event, TextDelta):
+                reply.texts.append(event.text)
+            else:
+                reply.runs.append(
+                    {
+                        "id": event.call.id,
+                        "name": event.call.name,
+                        "arguments": event.call.arguments,
+                        "result": event.result,
+                        "forModel": event.for_model,
+                    }
                 )
-            )
-            if conversation is None:
-                raise NotFound("The conversation was not found.")
-            return conversation
-        conversation = Conversation(
-            organization_id=caller.organization_id,
-            project_id=caller.project_id,
-            end_user=caller.end_user,
-        )
-        session.add(conversation)
-    return conversation
+            yield event
+    finally:
+        await events.aclose()
 
 
-def _event(conversation: Conversation, message: Message) -> dict[str, Any]:
-    return {
-        "conversationId": str(conversation.id),
+async def store_reply(
+    session: AsyncSession, now: datetime, turn: OpenTurn, reply: Reply, *, partial: bool
+) -> Message:
+    message = Message(
+        id=uuid.uuid4(),
+        organization_id=turn.organization_id,
+        conversation_id=turn.conversation_id,
+        role="assistant",
+        content="".join(reply.texts),
+        partial=partial,
+        tool_calls=reply.runs,
+        input_tokens=reply.usage.input_tokens,
+        output_tokens=reply.usage.output_tokens,
+        created_at=now,
+    )
+    session.add(message)
+    await session.execute(
+        update(Conversation)
+        .where(Conversation.id == turn.conversation_id)
+        .values(updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return message
+
+
+def channel(project_id: uuid.UUID) -> str:
+    return f"project:{project_id}:messages"
+
+
+async def publish(broker: Broker, turn: OpenTurn, message: Message) -> None:
+    """Tell every instance's dashboards about a stored message (after its commit)."""
+    event = {
+        "conversationId": str(turn.conversation_id),
         "message": {
             "id": str(message.id),
             "role": message.role,
@@ -281,149 +331,16 @@ def _event(conversation: Conversation, message: Message) -> dict[str, Any]:
             "createdAt": message.created_at.isoformat(),
         },
     }
-
-
-def channel(project_id: uuid.UUID) -> str:
-    return f"project:{project_id}:messages"
-
-
-async def _store(services: Services, conversation: Conversation, message: Message) -> Message:
-    async with services.write() as session:
-        session.add(message)
-        conversation = await session.merge(conversation)
-        conversation.updated_at = message.created_at
     try:
-        await services.broker.publish(
-            channel(conversation.project_id), _event(conversation, message)
-        )
+        await broker.publish(channel(turn.project_id), event)
     except Exception:
         # The message is stored; a dashboard that missed it sees it on its next query.
         logger.warning("could not publish a chat message to the broker", exc_info=True)
-    return message
-
-
-async def chat(
-    ctx: RequestContext, caller: WidgetCaller, conversation_id: uuid.UUID | None, text: str
-) -> AsyncGenerator[ChatEvent, None]:
-    """One reply to ``text``: events as they happen, with everything stored on the way."""
-    services = ctx.services
-    text = text.strip()
-    if not 1 <= len(text) <= MAX_MESSAGE_CHARS:
-        raise BadUserInput("message", f"Messages are 1 to {MAX_MESSAGE_CHARS} characters long.")
-    loaded = await _load_agent(services, caller)
-    conversation = await _conversation(services, caller, conversation_id)
-    async with services.read() as session:
-        history = list(
-            (
-                await session.scalars(
-                    select(Message)
-                    .where(Message.conversation_id == conversation.id)
-                    .order_by(Message.created_at.desc(), Message.id.desc())
-                    .limit(HISTORY_MESSAGES)
-                )
-            ).all()
-        )
-    history.reverse()
-    user_message = await _store(
-        services,
-        conversation,
-        Message(
-            organization_id=caller.organization_id,
-            conversation_id=conversation.id,
-            role="user",
-            content=text,
-            created_at=ctx.now(),
-        ),
-    )
-    yield Started(conversation.id)
-
-    reply: list[str] = []
-    runs: list[dict[str, Any]] = []
-    usage = Usage(0, 0)
-    specs = tools.build_tools(loaded.manifests)
-    try:
-        provider = _provider(services, loaded.credential)
-        request = ChatRequest(
-            model=loaded.agent.model,
-            system=loaded.agent.system_prompt,
-            turns=runtime.bound_history(_turns([*history, user_message])),
-            tools=[spec.tool for spec in specs.values()],
-            temperature=loaded.agent.temperature,
-        )
-        events = runtime.converse(
-            provider,
-            request,
-            specs,
-            services.settings.outbound_allow,
-            https_only=services.settings.is_production,
-        )
-        # However this generator ends, the upstream request ends with it.
-        async with aclosing(events):
-            async for event in events:
-                if isinstance(event, TextDelta):
-                    reply.append(event.text)
-                elif isinstance(event, runtime.ToolRun):
-                    runs.append(
-                        {
-                            "id": event.call.id,
-                            "name": event.call.name,
-                            "arguments": event.call.arguments,
-                            "result": event.result,
-                            "forModel": event.for_model,
-                        }
-                    )
-                else:
-                    usage = event
-                    continue
-                yield event
-    except ProviderError as exc:
-        await _store_reply(ctx, conversation, caller, reply, runs, usage, partial=True)
-        yield Failed(exc.message, exc.retry_after)
-        return
-    except (asyncio.CancelledError, GeneratorExit):
-        # The client left, while we waited for the provider (the task is cancelled) or while
-        # an event was being sent (the stream is closed at a yield): keep what was said,
-        # without letting the cancellation cut the write.
-        await asyncio.shield(
-            _store_reply(ctx, conversation, caller, reply, runs, usage, partial=True)
-        )
-        raise
-    stored = await _store_reply(ctx, conversation, caller, reply, runs, usage, partial=False)
-    assert stored is not None
-    yield Completed(stored.id, stored.content, usage)
-
-
-async def _store_reply(
-    ctx: RequestContext,
-    conversation: Conversation,
-    caller: WidgetCaller,
-    reply: list[str],
-    runs: list[dict[str, Any]],
-    usage: Usage,
-    *,
-    partial: bool,
-) -> Message | None:
-    if partial and not reply and not runs:
-        return None
-    return await _store(
-        ctx.services,
-        conversation,
-        Message(
-            organization_id=caller.organization_id,
-            conversation_id=conversation.id,
-            role="assistant",
-            content="".join(reply),
-            partial=partial,
-            tool_calls=runs,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            created_at=ctx.now(),
-        ),
-    )
 
 
 async def list_conversations(
-    ctx: RequestContext,
+    session: AsyncSession,
+    actor: UserActor,
     organization_id: uuid.UUID,
     project_id: uuid.UUID | None,
     first: int,
@@ -431,62 +348,29 @@ async def list_conversations(
 ) -> Page[Conversation]:
     conditions = [Conversation.project_id == project_id] if project_id is not None else []
     return await organization_page(
-        ctx, Conversation, organization_id, Role.VIEWER, first, after, *conditions
+        session, actor, Conversation, organization_id, first, after, *conditions
     )
 
 
 async def list_messages(
-    ctx: RequestContext, conversation: Conversation, first: int, after: str | None
+    session: AsyncSession,
+    actor: UserActor,
+    conversation_id: uuid.UUID,
+    first: int,
+    after: str | None,
 ) -> Page[Message]:
-    viewer = await require_viewer(ctx)
     statement = select(Message).where(
-        Message.conversation_id == conversation.id,
-        Message.organization_id.in_(member_organizations(viewer)),
+        Message.conversation_id == conversation_id,
+        Message.organization_id.in_(member_organizations(actor)),
     )
-    async with ctx.services.read() as session:
-        return await paginate(session, statement, Message.created_at, Message.id, first, after)
+    return await paginate(session, statement, Message.created_at, Message.id, first, after)
 
 
-async def get_conversation(ctx: RequestContext, conversation_id: uuid.UUID) -> Conversation:
-    async with ctx.services.read() as session:
-        return await scoped_get(session, ctx, Conversation, conversation_id)
+async def get_conversation(
+    session: AsyncSession, actor: UserActor, conversation_id: uuid.UUID
+) -> Conversation:
+    return await scoped_get(session, actor, Conversation, conversation_id)
 
 
-async def get_message(ctx: RequestContext, message_id: uuid.UUID) -> Message:
-    async with ctx.services.read() as session:
-        return await scoped_get(session, ctx, Message, message_id)
-
-
-async def project_events(
-    ctx: RequestContext, project_id: uuid.UUID
-) -> AsyncIterator[dict[str, Any]]:
-    """Every message stored for the project from now on, from whichever instance stored it."""
-    viewer = await require_viewer(ctx)
-    async with ctx.services.read() as session:
-        project = await session.scalar(
-            select(Project).where(
-                Project.id == project_id,
-                Project.organization_id.in_(member_organizations(viewer)),
-            )
-        )
-    if project is None:
-        raise NotFound()
-    await require_role(ctx, project.organization_id, Role.EDITOR)
-    async with ctx.services.broker.subscribe(channel(project.id)) as messages:
-        async for message in messages:
-            # Session and role are read again for every event: a removed member or a
-            # signed-out session stops receiving customers' conversations at once.
-            ctx.begin_operation()
-            await require_role(ctx, project.organization_id, Role.EDITOR)
-            yield message
-
-
-def require_widget(ctx: RequestContext) -> WidgetCaller:
-    caller = ctx.widget
-    if isinstance(caller, WidgetCaller):
-        return caller
-    if isinstance(caller, WidgetRejected) and caller.close_code == 4403:
-        raise Forbidden("This project key or origin is not allowed.")
-    if isinstance(caller, WidgetRejected):
-        raise Unauthenticated("The end-user token was refused.")
-    raise Unauthenticated("Connect with a project key to chat.")
+async def get_message(session: AsyncSession, actor: UserActor, message_id: uuid.UUID) -> Message:
+    return await scoped_get(session, actor, Message, message_id)

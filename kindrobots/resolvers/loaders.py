@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import and_, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from strawberry.dataloader import DataLoader
 
-from kindrobots.context import RequestContext, Services
+from kindrobots.auth.principals import UserActor
 from kindrobots.db.models import (
     Agent,
     AgentManifest,
@@ -25,7 +27,11 @@ from kindrobots.db.models import (
     User,
 )
 from kindrobots.db.pagination import Page, first_page
-from kindrobots.resolvers.access import member_organizations, require_viewer
+from kindrobots.resolvers.access import member_organizations
+
+# Opens a short read session: loaders batch across sibling fields that run concurrently,
+# so each batch reads in a session of its own.
+ReadSession = Callable[[], AbstractAsyncContextManager[AsyncSession]]
 
 Owned = TypeVar("Owned", Agent, LlmCredential, Project)
 
@@ -33,12 +39,12 @@ Owned = TypeVar("Owned", Agent, LlmCredential, Project)
 Reached = TypeVar("Reached", User, Organization)
 
 
-def _reached(services: Services, model: type[Reached]) -> DataLoader[uuid.UUID, Reached | None]:
+def _reached(read: ReadSession, model: type[Reached]) -> DataLoader[uuid.UUID, Reached | None]:
     """Users and organizations are not an organization's rows: they are reached only
     through memberships and audit events that were themselves loaded within scope."""
 
     async def load(ids: Sequence[uuid.UUID]) -> list[Reached | None]:
-        async with services.read() as session:
+        async with read() as session:
             rows = (await session.scalars(select(model).where(model.id.in_(ids)))).all()
         found: dict[Any, Reached] = {row.id: row for row in rows}
         return [found.get(key) for key in ids]
@@ -46,17 +52,18 @@ def _reached(services: Services, model: type[Reached]) -> DataLoader[uuid.UUID, 
     return DataLoader(load_fn=load)
 
 
-def _owned(ctx: RequestContext, model: type[Owned]) -> DataLoader[uuid.UUID, Owned | None]:
+def _owned(
+    read: ReadSession, actor: UserActor, model: type[Owned]
+) -> DataLoader[uuid.UUID, Owned | None]:
     """Rows of the caller's organizations only, filtered in SQL like every tenant query."""
 
     async def load(ids: Sequence[uuid.UUID]) -> list[Owned | None]:
-        viewer = await require_viewer(ctx)
-        async with ctx.services.read() as session:
+        async with read() as session:
             rows = (
                 await session.scalars(
                     select(model).where(
                         model.id.in_(ids),
-                        model.organization_id.in_(member_organizations(viewer)),
+                        model.organization_id.in_(member_organizations(actor)),
                     )
                 )
             ).all()
@@ -66,17 +73,18 @@ def _owned(ctx: RequestContext, model: type[Owned]) -> DataLoader[uuid.UUID, Own
     return DataLoader(load_fn=load)
 
 
-def _manifests_of_agents(ctx: RequestContext) -> DataLoader[uuid.UUID, list[Manifest]]:
+def _manifests_of_agents(
+    read: ReadSession, actor: UserActor
+) -> DataLoader[uuid.UUID, list[Manifest]]:
     async def load(agent_ids: Sequence[uuid.UUID]) -> list[list[Manifest]]:
-        viewer = await require_viewer(ctx)
-        async with ctx.services.read() as session:
+        async with read() as session:
             rows = (
                 await session.execute(
                     select(AgentManifest.agent_id, Manifest)
                     .join(Manifest, Manifest.id == AgentManifest.manifest_id)
                     .where(
                         AgentManifest.agent_id.in_(agent_ids),
-                        Manifest.organization_id.in_(member_organizations(viewer)),
+                        Manifest.organization_id.in_(member_organizations(actor)),
                     )
                     .order_by(AgentManifest.agent_id, AgentManifest.position)
                 )
@@ -89,10 +97,11 @@ def _manifests_of_agents(ctx: RequestContext) -> DataLoader[uuid.UUID, list[Mani
     return DataLoader(load_fn=load)
 
 
-def _latest_versions(ctx: RequestContext) -> DataLoader[uuid.UUID, ManifestVersion | None]:
+def _latest_versions(
+    read: ReadSession, actor: UserActor
+) -> DataLoader[uuid.UUID, ManifestVersion | None]:
     async def load(manifest_ids: Sequence[uuid.UUID]) -> list[ManifestVersion | None]:
-        viewer = await require_viewer(ctx)
-        async with ctx.services.read() as session:
+        async with read() as session:
             rows = (
                 await session.scalars(
                     select(ManifestVersion)
@@ -105,7 +114,7 @@ def _latest_versions(ctx: RequestContext) -> DataLoader[uuid.UUID, ManifestVersi
                     )
                     .where(
                         Manifest.id.in_(manifest_ids),
-                        Manifest.organization_id.in_(member_organizations(viewer)),
+                        Manifest.organization_id.in_(member_organizations(actor)),
                     )
                 )
             ).all()
@@ -115,11 +124,12 @@ def _latest_versions(ctx: RequestContext) -> DataLoader[uuid.UUID, ManifestVersi
     return DataLoader(load_fn=load)
 
 
-def _first_messages(ctx: RequestContext) -> DataLoader[tuple[uuid.UUID, int], Page[Message]]:
+def _first_messages(
+    read: ReadSession, actor: UserActor
+) -> DataLoader[tuple[uuid.UUID, int], Page[Message]]:
     """The first page of many conversations' messages in one statement (a window function)."""
 
     async def load(keys: Sequence[tuple[uuid.UUID, int]]) -> list[Page[Message]]:
-        viewer = await require_viewer(ctx)
         largest = max(first for _, first in keys)
         position = (
             func.row_number()
@@ -130,12 +140,12 @@ def _first_messages(ctx: RequestContext) -> DataLoader[tuple[uuid.UUID, int], Pa
             select(Message, position)
             .where(
                 Message.conversation_id.in_({conversation for conversation, _ in keys}),
-                Message.organization_id.in_(member_organizations(viewer)),
+                Message.organization_id.in_(member_organizations(actor)),
             )
             .subquery()
         )
         ordered = aliased(Message, ranked)
-        async with ctx.services.read() as session:
+        async with read() as session:
             rows = (
                 await session.execute(
                     select(ordered, ranked.c.position)
@@ -163,19 +173,15 @@ class Loaders:
     first_messages: DataLoader[tuple[uuid.UUID, int], Page[Message]]
 
 
-def loaders(ctx: RequestContext) -> Loaders:
-    cached = ctx.loader_cache.get("loaders")
-    if cached is None:
-        cached = Loaders(
-            user=_reached(ctx.services, User),
-            organization=_reached(ctx.services, Organization),
-            agent=_owned(ctx, Agent),
-            project=_owned(ctx, Project),
-            credential=_owned(ctx, LlmCredential),
-            agent_manifests=_manifests_of_agents(ctx),
-            latest_version=_latest_versions(ctx),
-            first_messages=_first_messages(ctx),
-        )
-        ctx.loader_cache["loaders"] = cached
-    assert isinstance(cached, Loaders)
-    return cached
+def build_loaders(read: ReadSession, actor: UserActor) -> Loaders:
+    """One operation's loaders; every tenant row they read is scoped to ``actor``."""
+    return Loaders(
+        user=_reached(read, User),
+        organization=_reached(read, Organization),
+        agent=_owned(read, actor, Agent),
+        project=_owned(read, actor, Project),
+        credential=_owned(read, actor, LlmCredential),
+        agent_manifests=_manifests_of_agents(read, actor),
+        latest_version=_latest_versions(read, actor),
+        first_messages=_first_messages(read, actor),
+    )

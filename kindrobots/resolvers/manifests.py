@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 from yarl import URL
 
-from kindrobots.auth.roles import Role
-from kindrobots.context import RequestContext
+from kindrobots.auth.principals import UserActor
+from kindrobots.config import Settings
 from kindrobots.db.locks import lock_organization
 from kindrobots.db.models import Manifest, ManifestVersion
 from kindrobots.db.pagination import Page
 from kindrobots.resolvers import audit, openapi, validation
-from kindrobots.resolvers.access import (
-    delete_owned,
-    organization_page,
-    require_role,
-    require_viewer,
-    scoped_get,
-)
+from kindrobots.resolvers.access import delete_owned, organization_page, scoped_get
 from kindrobots.security.errors import BadUserInput
 from kindrobots.security.ssrf import Limits, outbound_request
 
@@ -39,74 +36,28 @@ def _absolute_servers(servers: list[str], source_url: str | None) -> list[str]:
     return absolute
 
 
-async def create_manifest(
-    ctx: RequestContext,
-    organization_id: uuid.UUID,
-    name: str,
-    document_text: str,
-    source_url: str | None = None,
-) -> Manifest:
-    """Store a new manifest, or a new version of the one with this name."""
-    await require_role(ctx, organization_id, Role.EDITOR)
-    viewer = await require_viewer(ctx)
-    name = validation.text(name, "name", 100)
-    # Parsing a large document takes a while; keep the event loop free meanwhile.
-    document = await asyncio.to_thread(openapi.parse, document_text)
-    now = ctx.now()
-    async with ctx.services.write() as session:
-        # Two imports under one name must become versions 1 and 2, not a unique-key error.
-        await lock_organization(session, organization_id)
-        manifest = await session.scalar(
-            select(Manifest).where(
-                Manifest.organization_id == organization_id, Manifest.name == name
-            )
-        )
-        if manifest is None:
-            manifest = Manifest(organization_id=organization_id, name=name, version=1)
-            manifest.created_at = manifest.updated_at = now
-            session.add(manifest)
-            await session.flush()
-        else:
-            manifest.version += 1
-            manifest.updated_at = now
-        session.add(
-            ManifestVersion(
-                manifest_id=manifest.id,
-                organization_id=organization_id,
-                version=manifest.version,
-                source_url=source_url,
-                servers=_absolute_servers(document.servers, source_url),
-                operations=[operation.as_json() for operation in document.operations],
-                created_at=now,
-            )
-        )
-        await audit.record(
-            session,
-            ctx,
-            organization_id=organization_id,
-            actor_id=viewer.user.id,
-            action="manifest.create" if manifest.version == 1 else "manifest.version",
-            target=("Manifest", manifest.id),
-            details={
-                "name": name,
-                "version": manifest.version,
-                "operations": len(document.operations),
-                "sourceUrl": source_url,
-            },
-        )
-    return manifest
+@dataclass(frozen=True)
+class Document:
+    """A parsed OpenAPI document, ready to store as a manifest version."""
+
+    parsed: openapi.Document
+    source_url: str | None = None
 
 
-async def import_manifest(
-    ctx: RequestContext, organization_id: uuid.UUID, name: str, url: str
-) -> Manifest:
-    await require_role(ctx, organization_id, Role.EDITOR)
+async def parse_document(text: str, source_url: str | None = None) -> Document:
+    """Parse outside any transaction: a large document takes a while, and the event loop
+    stays free meanwhile."""
+    return Document(await asyncio.to_thread(openapi.parse, text), source_url)
+
+
+async def fetch_document(settings: Settings, url: str) -> Document:
+    """Download a document through the SSRF guard (before any transaction opens)."""
     response = await outbound_request(
         url.strip(),
-        allow=ctx.settings.outbound_allow,
+        allow=settings.outbound_allow,
         headers={"Accept": "application/json, application/yaml, text/yaml, */*"},
         limits=Limits(max_bytes=openapi.MAX_DOCUMENT_BYTES),
-        https_only=ctx.settings.is_production,
+        https_only=settings.is_production,
     )
     if response.status != 200:
         raise BadUserInput("url", f"The server answered with status {response.status}.")
@@ -116,39 +67,94 @@ async def import_manifest(
         raise BadUserInput("url", "The document is not UTF-8 text.") from None
     # Query strings of document URLs often carry access tokens; members may read sourceUrl.
     source_url = str(URL(response.url).with_query(None).with_fragment(None))
-    return await create_manifest(ctx, organization_id, name, text, source_url=source_url)
+    return await parse_document(text, source_url)
 
 
-async def _scoped(ctx: RequestContext, manifest_id: uuid.UUID) -> Manifest:
-    async with ctx.services.read() as session:
-        return await scoped_get(session, ctx, Manifest, manifest_id)
-
-
-async def get_manifest(ctx: RequestContext, manifest_id: uuid.UUID) -> Manifest:
-    return await _scoped(ctx, manifest_id)
-
-
-async def delete_manifest(ctx: RequestContext, manifest_id: uuid.UUID) -> bool:
-    manifest = await _scoped(ctx, manifest_id)
-    await require_role(ctx, manifest.organization_id, Role.EDITOR)
-    viewer = await require_viewer(ctx)
-    async with ctx.services.write() as session:
-        # Ordered with createAgent/updateAgent, which check that their manifests exist.
-        await lock_organization(session, manifest.organization_id)
-        await delete_owned(session, Manifest, manifest.id, manifest.organization_id)
-        await audit.record(
-            session,
-            ctx,
-            organization_id=manifest.organization_id,
-            actor_id=viewer.user.id,
-            action="manifest.delete",
-            target=("Manifest", manifest.id),
-            details={"name": manifest.name, "version": manifest.version},
+async def create_manifest(
+    session: AsyncSession,
+    actor: UserActor,
+    now: datetime,
+    organization_id: uuid.UUID,
+    name: str,
+    document: Document,
+) -> Manifest:
+    """Store a new manifest, or a new version of the one with this name."""
+    name = validation.text(name, "name", 100)
+    source_url = document.source_url
+    # Two imports under one name must become versions 1 and 2, not a unique-key error.
+    await lock_organization(session, organization_id)
+    manifest = await session.scalar(
+        select(Manifest).where(Manifest.organization_id == organization_id, Manifest.name == name)
+    )
+    if manifest is None:
+        manifest = Manifest(organization_id=organization_id, name=name, version=1)
+        manifest.created_at = manifest.updated_at = now
+        session.add(manifest)
+        await session.flush()
+    else:
+        manifest.version += 1
+        manifest.updated_at = now
+    operations = document.parsed.operations
+    session.add(
+        ManifestVersion(
+            manifest_id=manifest.id,
+            organization_id=organization_id,
+            version=manifest.version,
+            source_url=source_url,
+            servers=_absolute_servers(document.parsed.servers, source_url),
+            operations=[operation.as_json() for operation in operations],
+            created_at=now,
         )
+    )
+    await audit.record(
+        session,
+        actor,
+        now,
+        organization_id=organization_id,
+        action="manifest.create" if manifest.version == 1 else "manifest.version",
+        target=("Manifest", manifest.id),
+        details={
+            "name": name,
+            "version": manifest.version,
+            "operations": len(operations),
+            "sourceUrl": source_url,
+        },
+    )
+    return manifest
+
+
+async def get_manifest(session: AsyncSession, actor: UserActor, manifest_id: uuid.UUID) -> Manifest:
+    return await scoped_get(session, actor, Manifest, manifest_id)
+
+
+async def delete_manifest(
+    session: AsyncSession,
+    actor: UserActor,
+    now: datetime,
+    organization_id: uuid.UUID,
+    manifest_id: uuid.UUID,
+) -> bool:
+    # Ordered with createAgent/updateAgent, which check that their manifests exist.
+    await lock_organization(session, organization_id)
+    manifest = await scoped_get(session, actor, Manifest, manifest_id)
+    await delete_owned(session, Manifest, manifest.id, organization_id)
+    await audit.record(
+        session,
+        actor,
+        now,
+        organization_id=organization_id,
+        action="manifest.delete",
+        target=("Manifest", manifest.id),
+        details={"name": manifest.name, "version": manifest.version},
+    )
     return True
 
 
 async def list_manifests(
-    ctx: RequestContext, organization_id: uuid.UUID, first: int, after: str | None
+    session: AsyncSession,
+    actor: UserActor,
+    organization_id: uuid.UUID,
+    first: int,
+    after: str | None,
 ) -> Page[Manifest]:
-    return await organization_page(ctx, Manifest, organization_id, Role.VIEWER, first, after)
+    return await organization_page(session, actor, Manifest, organization_id, first, after)

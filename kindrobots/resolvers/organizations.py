@@ -5,25 +5,21 @@ from __future__ import annotations
 import re
 import secrets
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kindrobots.auth.roles import Role, Tier
+from kindrobots.auth.principals import Actor, UserActor
 from kindrobots.auth.tokens import hash_token, new_opaque_token
-from kindrobots.billing.plans import plan_for
-from kindrobots.context import RequestContext
+from kindrobots.billing.plans import Tier, plan_for
+from kindrobots.config import Settings
+from kindrobots.db.enums import Role
 from kindrobots.db.locks import lock_organization
 from kindrobots.db.models import Invitation, Membership, Organization, User
 from kindrobots.db.pagination import Page
 from kindrobots.resolvers import audit, validation
-from kindrobots.resolvers.access import (
-    member_organizations,
-    organization_page,
-    require_role,
-    require_viewer,
-)
+from kindrobots.resolvers.access import member_organizations, organization_page
 from kindrobots.security.errors import Conflict, Forbidden, NotFound, PaymentRequired
 from kindrobots.security.redaction import register_secret
 
@@ -38,7 +34,7 @@ def _slug(name: str) -> str:
 
 
 async def insert_organization(
-    session: AsyncSession, ctx: RequestContext, owner: User, name: str
+    session: AsyncSession, actor: Actor, now: datetime, owner: User, name: str
 ) -> Organization:
     organization = Organization(name=name, slug=_slug(name), tier=Tier.STARTER.value)
     session.add(organization)
@@ -48,14 +44,14 @@ async def insert_organization(
             organization_id=organization.id,
             user_id=owner.id,
             role=Role.OWNER.value,
-            created_at=ctx.now(),
+            created_at=now,
         )
     )
     await audit.record(
         session,
-        ctx,
+        actor,
+        now,
         organization_id=organization.id,
-        actor_id=owner.id,
         action="organization.create",
         target=("Organization", organization.id),
         details={"name": name},
@@ -63,59 +59,60 @@ async def insert_organization(
     return organization
 
 
-async def create_organization(ctx: RequestContext, name: str) -> Organization:
-    viewer = await require_viewer(ctx)
+async def create_organization(
+    session: AsyncSession, actor: UserActor, now: datetime, name: str
+) -> Organization:
     name = validation.text(name, "name", 100)
-    async with ctx.services.write() as session:
-        return await insert_organization(session, ctx, viewer.user, name)
+    return await insert_organization(session, actor, now, actor.user, name)
 
 
-async def get_organization(ctx: RequestContext, organization_id: uuid.UUID) -> Organization:
-    viewer = await require_viewer(ctx)
-    async with ctx.services.read() as session:
-        organization = await session.scalar(
-            select(Organization).where(
-                Organization.id == organization_id,
-                Organization.id.in_(member_organizations(viewer)),
-            )
+async def get_organization(
+    session: AsyncSession, actor: UserActor, organization_id: uuid.UUID
+) -> Organization:
+    organization = await session.scalar(
+        select(Organization).where(
+            Organization.id == organization_id,
+            Organization.id.in_(member_organizations(actor)),
         )
+    )
     if organization is None:
         raise NotFound()
     return organization
 
 
 async def list_members(
-    ctx: RequestContext, organization_id: uuid.UUID, first: int, after: str | None
+    session: AsyncSession,
+    actor: UserActor,
+    organization_id: uuid.UUID,
+    first: int,
+    after: str | None,
 ) -> Page[Membership]:
-    return await organization_page(ctx, Membership, organization_id, Role.VIEWER, first, after)
+    return await organization_page(session, actor, Membership, organization_id, first, after)
 
 
-async def list_invitations(ctx: RequestContext, organization_id: uuid.UUID) -> list[Invitation]:
-    await require_role(ctx, organization_id, Role.ADMIN)
-    viewer = await require_viewer(ctx)
-    async with ctx.services.read() as session:
-        rows = await session.scalars(
-            select(Invitation)
-            .where(
-                Invitation.organization_id == organization_id,
-                Invitation.organization_id.in_(member_organizations(viewer)),
-                Invitation.accepted_at.is_(None),
-                Invitation.expires_at > ctx.now(),
-            )
-            .order_by(Invitation.created_at, Invitation.id)
+async def list_invitations(
+    session: AsyncSession, actor: UserActor, now: datetime, organization_id: uuid.UUID
+) -> list[Invitation]:
+    rows = await session.scalars(
+        select(Invitation)
+        .where(
+            Invitation.organization_id == organization_id,
+            Invitation.organization_id.in_(member_organizations(actor)),
+            Invitation.accepted_at.is_(None),
+            Invitation.expires_at > now,
         )
-        return list(rows.all())
+        .order_by(Invitation.created_at, Invitation.id)
+    )
+    return list(rows.all())
 
 
-async def list_memberships(ctx: RequestContext) -> list[Membership]:
-    viewer = await require_viewer(ctx)
-    async with ctx.services.read() as session:
-        rows = await session.scalars(
-            select(Membership)
-            .where(Membership.user_id == viewer.user.id)
-            .order_by(Membership.created_at, Membership.id)
-        )
-        return list(rows.all())
+async def list_memberships(session: AsyncSession, actor: UserActor) -> list[Membership]:
+    rows = await session.scalars(
+        select(Membership)
+        .where(Membership.user_id == actor.user.id)
+        .order_by(Membership.created_at, Membership.id)
+    )
+    return list(rows.all())
 
 
 async def _lock_organization(session: AsyncSession, organization_id: uuid.UUID) -> Organization:
@@ -126,9 +123,13 @@ async def _lock_organization(session: AsyncSession, organization_id: uuid.UUID) 
 
 
 async def _check_seats(
-    session: AsyncSession, ctx: RequestContext, organization: Organization, count_pending: bool
+    session: AsyncSession,
+    settings: Settings,
+    now: datetime,
+    organization: Organization,
+    count_pending: bool,
 ) -> None:
-    plan = plan_for(ctx.settings, Tier(organization.tier))
+    plan = plan_for(settings, Tier(organization.tier))
     if plan.admin_seats is None:
         return
     used = await session.scalar(
@@ -144,7 +145,7 @@ async def _check_seats(
                 .where(
                     Invitation.organization_id == organization.id,
                     Invitation.accepted_at.is_(None),
-                    Invitation.expires_at > ctx.now(),
+                    Invitation.expires_at > now,
                 )
             )
             or 0
@@ -156,99 +157,103 @@ async def _check_seats(
 
 
 async def invite_member(
-    ctx: RequestContext, organization_id: uuid.UUID, email: str, role: Role
+    session: AsyncSession,
+    actor: UserActor,
+    now: datetime,
+    settings: Settings,
+    organization_id: uuid.UUID,
+    email: str,
+    role: Role,
 ) -> tuple[Invitation, str]:
-    actor_role = await require_role(ctx, organization_id, Role.ADMIN)
-    if role is Role.OWNER and actor_role is not Role.OWNER:
+    """Invite someone by email; the caller is an ADMIN of the organization."""
+    if role is Role.OWNER and actor.roles.get(organization_id) is not Role.OWNER:
         raise Forbidden("Only owners can invite owners.")
-    viewer = await require_viewer(ctx)
     email = validation.email(email)
     token = new_opaque_token()
-    async with ctx.services.write() as session:
-        organization = await _lock_organization(session, organization_id)
-        existing = await session.scalar(
-            select(Membership.id)
-            .join(User, User.id == Membership.user_id)
-            .where(Membership.organization_id == organization_id, User.email == email)
+    organization = await _lock_organization(session, organization_id)
+    existing = await session.scalar(
+        select(Membership.id)
+        .join(User, User.id == Membership.user_id)
+        .where(Membership.organization_id == organization_id, User.email == email)
+    )
+    if existing is not None:
+        raise Conflict("This person is already a member.")
+    # A new invitation to the same address replaces the pending one.
+    await session.execute(
+        delete(Invitation).where(
+            Invitation.organization_id == organization_id,
+            Invitation.email == email,
+            Invitation.accepted_at.is_(None),
         )
-        if existing is not None:
-            raise Conflict("This person is already a member.")
-        # A new invitation to the same address replaces the pending one.
-        await session.execute(
-            delete(Invitation).where(
-                Invitation.organization_id == organization_id,
-                Invitation.email == email,
-                Invitation.accepted_at.is_(None),
-            )
-        )
-        await _check_seats(session, ctx, organization, count_pending=True)
-        invitation = Invitation(
-            organization_id=organization_id,
-            email=email,
-            role=role.value,
-            token_hash=hash_token(token),
-            invited_by_id=viewer.user.id,
-            expires_at=ctx.now() + timedelta(seconds=ctx.settings.invitation_ttl),
-            created_at=ctx.now(),
-        )
-        session.add(invitation)
-        await session.flush()
-        await audit.record(
-            session,
-            ctx,
-            organization_id=organization_id,
-            actor_id=viewer.user.id,
-            action="member.invite",
-            target=("Invitation", invitation.id),
-            details={"email": email, "role": role.value},
-        )
+    )
+    await _check_seats(session, settings, now, organization, count_pending=True)
+    invitation = Invitation(
+        organization_id=organization_id,
+        email=email,
+        role=role.value,
+        token_hash=hash_token(token),
+        invited_by_id=actor.user.id,
+        expires_at=now + timedelta(seconds=settings.invitation_ttl),
+        created_at=now,
+    )
+    session.add(invitation)
+    await session.flush()
+    await audit.record(
+        session,
+        actor,
+        now,
+        organization_id=organization_id,
+        action="member.invite",
+        target=("Invitation", invitation.id),
+        details={"email": email, "role": role.value},
+    )
     return invitation, token
 
 
-async def accept_invitation(ctx: RequestContext, token: str) -> Membership:
+async def accept_invitation(
+    session: AsyncSession, actor: UserActor, now: datetime, settings: Settings, token: str
+) -> Membership:
     register_secret(token)
-    viewer = await require_viewer(ctx)
-    async with ctx.services.write() as session:
-        invitation = await session.scalar(
-            select(Invitation).where(
-                Invitation.token_hash == hash_token(token),
-                Invitation.accepted_at.is_(None),
-                Invitation.expires_at > ctx.now(),
-            )
+    invitation = await session.scalar(
+        select(Invitation).where(
+            Invitation.token_hash == hash_token(token),
+            Invitation.accepted_at.is_(None),
+            Invitation.expires_at > now,
         )
-        # Bound to the invited address, so a leaked link is no key for someone else.
-        if invitation is None or invitation.email != viewer.user.email:
-            raise NotFound(INVALID_INVITATION)
-        organization = await _lock_organization(session, invitation.organization_id)
-        # Claim it under the lock: a concurrent acceptance may have spent it meanwhile.
-        claimed = await session.execute(
-            update(Invitation)
-            .where(Invitation.id == invitation.id, Invitation.accepted_at.is_(None))
-            .values(accepted_at=ctx.now())
-            .execution_options(synchronize_session=False)
-        )
-        if claimed.rowcount != 1:  # type: ignore[attr-defined]
-            raise NotFound(INVALID_INVITATION)
-        if invitation.organization_id in viewer.roles:
-            raise Conflict("You are already a member of this organization.")
-        await _check_seats(session, ctx, organization, count_pending=False)
-        membership = Membership(
-            organization_id=invitation.organization_id,
-            user_id=viewer.user.id,
-            role=invitation.role,
-            created_at=ctx.now(),
-        )
-        session.add(membership)
-        await session.flush()
-        await audit.record(
-            session,
-            ctx,
-            organization_id=invitation.organization_id,
-            actor_id=viewer.user.id,
-            action="invitation.accept",
-            target=("User", viewer.user.id),
-            details={"role": invitation.role},
-        )
+    )
+    # Bound to the invited address, so a leaked link is no key for someone else.
+    if invitation is None or invitation.email != actor.user.email:
+        raise NotFound(INVALID_INVITATION)
+    organization = await _lock_organization(session, invitation.organization_id)
+    # Claim it under the lock: a concurrent acceptance may have spent it meanwhile.
+    claimed = await session.execute(
+        update(Invitation)
+        .where(Invitation.id == invitation.id, Invitation.accepted_at.is_(None))
+        .values(accepted_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        raise NotFound(INVALID_INVITATION)
+    if invitation.organization_id in actor.roles:
+        raise Conflict("You are already a member of this organization.")
+    await _check_seats(session, settings, now, organization, count_pending=False)
+    membership = Membership(
+        organization_id=invitation.organization_id,
+        user_id=actor.user.id,
+        role=invitation.role,
+        created_at=now,
+    )
+    session.add(membership)
+    await session.flush()
+    await audit.record(
+        session,
+        actor,
+        now,
+        organization_id=invitation.organization_id,
+        action="invitation.accept",
+        target=("User", actor.user.id),
+        details={"role": invitation.role},
+    )
     return membership
 
 
@@ -275,70 +280,75 @@ async def _owner_count(session: AsyncSession, organization_id: uuid.UUID) -> int
 
 
 async def update_member_role(
-    ctx: RequestContext, organization_id: uuid.UUID, user_id: uuid.UUID, role: Role
+    session: AsyncSession,
+    actor: UserActor,
+    now: datetime,
+    organization_id: uuid.UUID,
+    user_id: uuid.UUID,
+    role: Role,
 ) -> Membership:
-    actor_role = await require_role(ctx, organization_id, Role.ADMIN)
-    viewer = await require_viewer(ctx)
-    async with ctx.services.write() as session:
-        await _lock_organization(session, organization_id)
-        membership = await _target_membership(session, organization_id, user_id)
-        previous = Role(membership.role)
-        if Role.OWNER in (previous, role) and actor_role is not Role.OWNER:
-            raise Forbidden("Only owners can manage owners.")
-        demotes_owner = previous is Role.OWNER and role is not Role.OWNER
-        if demotes_owner and await _owner_count(session, organization_id) <= 1:
-            raise Conflict(LAST_OWNER)
-        membership.role = role.value
-        await audit.record(
-            session,
-            ctx,
-            organization_id=organization_id,
-            actor_id=viewer.user.id,
-            action="member.role_update",
-            target=("User", user_id),
-            details={"from": previous.value, "to": role.value},
-        )
+    """Change a member's role; the caller is an ADMIN, and only owners manage owners."""
+    actor_role = actor.roles.get(organization_id)
+    await _lock_organization(session, organization_id)
+    membership = await _target_membership(session, organization_id, user_id)
+    previous = Role(membership.role)
+    if Role.OWNER in (previous, role) and actor_role is not Role.OWNER:
+        raise Forbidden("Only owners can manage owners.")
+    demotes_owner = previous is Role.OWNER and role is not Role.OWNER
+    if demotes_owner and await _owner_count(session, organization_id) <= 1:
+        raise Conflict(LAST_OWNER)
+    membership.role = role.value
+    await audit.record(
+        session,
+        actor,
+        now,
+        organization_id=organization_id,
+        action="member.role_update",
+        target=("User", user_id),
+        details={"from": previous.value, "to": role.value},
+    )
     return membership
 
 
 async def remove_member(
-    ctx: RequestContext, organization_id: uuid.UUID, user_id: uuid.UUID
+    session: AsyncSession,
+    actor: UserActor,
+    now: datetime,
+    organization_id: uuid.UUID,
+    user_id: uuid.UUID,
 ) -> bool:
-    actor_role = await require_role(ctx, organization_id, Role.ADMIN)
-    viewer = await require_viewer(ctx)
-    async with ctx.services.write() as session:
-        await _lock_organization(session, organization_id)
-        membership = await _target_membership(session, organization_id, user_id)
-        if membership.role == Role.OWNER.value:
-            if actor_role is not Role.OWNER:
-                raise Forbidden("Only owners can manage owners.")
-            if await _owner_count(session, organization_id) <= 1:
-                raise Conflict(LAST_OWNER)
-        await session.delete(membership)
-        await audit.record(
-            session,
-            ctx,
-            organization_id=organization_id,
-            actor_id=viewer.user.id,
-            action="member.remove",
-            target=("User", user_id),
-            details={"role": membership.role},
-        )
+    """Remove a member; the caller is an ADMIN, and only owners remove owners."""
+    actor_role = actor.roles.get(organization_id)
+    await _lock_organization(session, organization_id)
+    membership = await _target_membership(session, organization_id, user_id)
+    if membership.role == Role.OWNER.value:
+        if actor_role is not Role.OWNER:
+            raise Forbidden("Only owners can manage owners.")
+        if await _owner_count(session, organization_id) <= 1:
+            raise Conflict(LAST_OWNER)
+    await session.delete(membership)
+    await audit.record(
+        session,
+        actor,
+        now,
+        organization_id=organization_id,
+        action="member.remove",
+        target=("User", user_id),
+        details={"role": membership.role},
+    )
     return True
 
 
-async def get_user(ctx: RequestContext, user_id: uuid.UUID) -> User:
+async def get_user(session: AsyncSession, actor: UserActor, user_id: uuid.UUID) -> User:
     """A user the caller may see: themself, or someone sharing one of their organizations."""
-    viewer = await require_viewer(ctx)
-    if user_id == viewer.user.id:
-        return viewer.user
-    async with ctx.services.read() as session:
-        user = await session.scalar(
-            select(User)
-            .join(Membership, Membership.user_id == User.id)
-            .where(User.id == user_id, Membership.organization_id.in_(member_organizations(viewer)))
-            .limit(1)
-        )
+    if user_id == actor.user.id:
+        return actor.user
+    user = await session.scalar(
+        select(User)
+        .join(Membership, Membership.user_id == User.id)
+        .where(User.id == user_id, Membership.organization_id.in_(member_organizations(actor)))
+        .limit(1)
+    )
     if user is None:
         raise NotFound()
     return user

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any, cast
 
@@ -12,18 +13,22 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.schema.schema import SubscriptionResult
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
+from strawberry.types.base import StrawberryObjectDefinition
 
+from kindrobots.auth.principals import UserActor
 from kindrobots.config import Settings
 from kindrobots.context import RequestContext
-from kindrobots.resolvers.access import current_viewer
 from kindrobots.schema.agents import AgentMutation
 from kindrobots.schema.auth import AuthMutation, AuthQuery
+from kindrobots.schema.base import Info
+from kindrobots.schema.callers import identify
 from kindrobots.schema.chat import ChatMutation, ChatSubscription
 from kindrobots.schema.credentials import CredentialMutation
 from kindrobots.schema.directives import install_rate_limits
 from kindrobots.schema.manifests import ManifestMutation
 from kindrobots.schema.node import NodeQuery
 from kindrobots.schema.organizations import OrganizationMutation, OrganizationQuery
+from kindrobots.schema.permissions import check_sources
 from kindrobots.schema.projects import ProjectMutation
 from kindrobots.security.errors import PublicErrors
 from kindrobots.security.operation_limits import OperationLimits, OperationLimitsExtension
@@ -46,12 +51,13 @@ install_rate_limits((Query, Mutation, Subscription))
 
 
 class OperationScope(SchemaExtension):
-    """A WebSocket connection shares one context; each operation starts with fresh caches."""
+    """Each operation starts by knowing its caller, with fresh caches: a WebSocket runs
+    many operations on one context, and none may act on a session that has ended."""
 
-    def on_operation(self) -> Any:
+    async def on_operation(self) -> AsyncIterator[None]:
         context = self.execution_context.context
-        if hasattr(context, "begin_operation"):
-            context.begin_operation()
+        if isinstance(context, RequestContext):
+            await identify(context)
         yield
 
 
@@ -87,7 +93,7 @@ class Schema(strawberry.Schema):
 
 async def _signed_in(context: Any) -> bool:
     """Whether the caller is a signed-in user (introspection ``authenticated``)."""
-    return isinstance(context, RequestContext) and await current_viewer(context) is not None
+    return isinstance(context, RequestContext) and isinstance(context.caller, UserActor)
 
 
 def build_schema(settings: Settings | None = None) -> Schema:
@@ -96,7 +102,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
     settings = settings or Settings.model_construct()
     production = settings.is_production
     limits = OperationLimits.from_settings(settings)
-    return Schema(
+    schema = Schema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
@@ -107,6 +113,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
             partial(OperationLimitsExtension, limits=limits, signed_in=_signed_in),
         ],
         config=StrawberryConfig(
+            info_class=Info,
             disable_field_suggestions=production,
             batching_config=(
                 {"max_operations": settings.graphql_max_batch}
@@ -115,3 +122,11 @@ def build_schema(settings: Settings | None = None) -> Schema:
             ),
         ),
     )
+    check_sources(
+        [
+            concrete.definition
+            for concrete in schema.schema_converter.type_map.values()
+            if isinstance(concrete.definition, StrawberryObjectDefinition)
+        ]
+    )
+    return schema

@@ -8,14 +8,21 @@ from datetime import datetime
 import strawberry
 
 from kindrobots.db import models
+from kindrobots.db.enums import Role
 from kindrobots.ids import from_global_id, to_global_id
 from kindrobots.resolvers import agents
 from kindrobots.resolvers.agents import AgentFields
-from kindrobots.resolvers.loaders import loaders
-from kindrobots.schema.base import Info, Node
+from kindrobots.schema.base import Info, Node, given, is_cleared
 from kindrobots.schema.credentials import LlmCredentialType
+from kindrobots.schema.loaders import loaders
 from kindrobots.schema.manifests import ManifestType
-from kindrobots.schema.permissions import IsEditor
+from kindrobots.schema.permissions import (
+    ObjectArgument,
+    OnSource,
+    OrganizationArgument,
+    granted,
+    requires,
+)
 
 
 @strawberry.type(name="Agent")
@@ -30,16 +37,22 @@ class AgentType(Node):
     agent_id: strawberry.Private[uuid.UUID]
     credential_id: strawberry.Private[uuid.UUID | None]
 
-    @strawberry.field
+    @strawberry.field(
+        extensions=requires(Role.EDITOR, OnSource()),
+        description=(
+            "EDITOR and above: editors attach credentials to agents, so they see which "
+            "one (id, label, provider); baseUrl and keyHint need ADMIN."
+        ),
+    )
     async def llm_credential(self, info: Info) -> LlmCredentialType | None:
         if self.credential_id is None:
             return None
-        row = await loaders(info.context).credential.load(self.credential_id)
+        row = await loaders(info).credential.load(self.credential_id)
         return LlmCredentialType.from_row(row) if row else None
 
     @strawberry.field
     async def manifests(self, info: Info) -> list[ManifestType]:
-        rows = await loaders(info.context).agent_manifests.load(self.agent_id)
+        rows = await loaders(info).agent_manifests.load(self.agent_id)
         return [ManifestType.from_row(row) for row in rows]
 
     @classmethod
@@ -69,7 +82,7 @@ class CreateAgentInput:
     manifest_ids: list[strawberry.ID] = strawberry.field(default_factory=list)
 
 
-@strawberry.input
+@strawberry.input(description="Omitted fields stay as they are; null clears llmCredentialId.")
 class UpdateAgentInput:
     id: strawberry.ID
     name: str | None = strawberry.UNSET
@@ -82,14 +95,33 @@ class UpdateAgentInput:
     manifest_ids: list[strawberry.ID] | None = strawberry.UNSET
 
 
-def _given(value: object) -> bool:
-    return value is not strawberry.UNSET and value is not None
+def _update_fields(input: UpdateAgentInput) -> AgentFields:
+    credential = input.llm_credential_id
+    manifest_ids = given(input.manifest_ids)
+    return AgentFields(
+        name=given(input.name),
+        system_prompt=given(input.system_prompt),
+        model=given(input.model),
+        temperature=given(input.temperature),
+        llm_credential_id=(
+            from_global_id(credential, "LlmCredential") if isinstance(credential, str) else None
+        ),
+        clear_credential=is_cleared(credential),
+        manifest_ids=(
+            [from_global_id(m, "Manifest") for m in manifest_ids]
+            if manifest_ids is not None
+            else None
+        ),
+    )
 
 
 @strawberry.type
 class AgentMutation:
-    @strawberry.mutation(permission_classes=[IsEditor])
+    @strawberry.mutation(
+        extensions=requires(Role.EDITOR, OrganizationArgument("input.organization_id"))
+    )
     async def create_agent(self, info: Info, input: CreateAgentInput) -> AgentType:
+        grant = granted(info)
         fields = AgentFields(
             name=input.name,
             system_prompt=input.system_prompt,
@@ -102,33 +134,31 @@ class AgentMutation:
             ),
             manifest_ids=[from_global_id(m, "Manifest") for m in input.manifest_ids],
         )
-        row = await agents.create_agent(
-            info.context, from_global_id(input.organization_id, "Organization"), fields
-        )
+        async with info.context.services.write() as session:
+            row = await agents.create_agent(
+                session, grant.actor, info.now(), grant.organization_id, fields
+            )
         return AgentType.from_row(row)
 
-    @strawberry.mutation(permission_classes=[IsEditor])
+    @strawberry.mutation(extensions=requires(Role.EDITOR, ObjectArgument("input.id", "Agent")))
     async def update_agent(self, info: Info, input: UpdateAgentInput) -> AgentType:
-        fields = AgentFields(
-            name=input.name if _given(input.name) else None,
-            system_prompt=input.system_prompt if _given(input.system_prompt) else None,
-            model=input.model if _given(input.model) else None,
-            temperature=input.temperature if _given(input.temperature) else None,
-            llm_credential_id=(
-                from_global_id(input.llm_credential_id, "LlmCredential")
-                if _given(input.llm_credential_id) and input.llm_credential_id
-                else None
-            ),
-            clear_credential=input.llm_credential_id is None,
-            manifest_ids=(
-                [from_global_id(m, "Manifest") for m in input.manifest_ids]
-                if _given(input.manifest_ids) and input.manifest_ids is not None
-                else None
-            ),
-        )
-        row = await agents.update_agent(info.context, from_global_id(input.id, "Agent"), fields)
+        grant = granted(info)
+        fields = _update_fields(input)
+        async with info.context.services.write() as session:
+            row = await agents.update_agent(
+                session,
+                grant.actor,
+                info.now(),
+                grant.organization_id,
+                from_global_id(input.id, "Agent"),
+                fields,
+            )
         return AgentType.from_row(row)
 
-    @strawberry.mutation(permission_classes=[IsEditor])
+    @strawberry.mutation(extensions=requires(Role.EDITOR, ObjectArgument("id", "Agent")))
     async def delete_agent(self, info: Info, id: strawberry.ID) -> bool:
-        return await agents.delete_agent(info.context, from_global_id(id, "Agent"))
+        grant = granted(info)
+        async with info.context.services.write() as session:
+            return await agents.delete_agent(
+                session, grant.actor, info.now(), grant.organization_id, from_global_id(id, "Agent")
+            )

@@ -10,8 +10,8 @@ from strawberry.scalars import JSON
 
 from kindrobots.db import models
 from kindrobots.ids import to_global_id
-from kindrobots.resolvers.loaders import loaders
 from kindrobots.schema.base import Info, Node
+from kindrobots.schema.loaders import loaders
 from kindrobots.schema.users import UserType
 
 
@@ -30,7 +30,7 @@ class AuditEventType(Node):
     async def actor(self, info: Info) -> UserType | None:
         if self.actor_id is None:
             return None
-        user = await loaders(info.context).user.load(self.actor_id)
+        user = await loaders(info).user.load(self.actor_id)
         return UserType.from_row(user) if user else None
 
     @classmethod

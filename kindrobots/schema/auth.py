@@ -2,29 +2,31 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import strawberry
+from sqlalchemy.exc import IntegrityError
 
+from kindrobots.auth.principals import UserActor
 from kindrobots.resolvers import auth, organizations
-from kindrobots.resolvers.access import current_viewer
 from kindrobots.schema.base import Info
 from kindrobots.schema.directives import RateLimit, RateLimitKey
 from kindrobots.schema.organizations import MembershipType
-from kindrobots.schema.permissions import IsAuthenticated
+from kindrobots.schema.permissions import authenticated, signed_in
 from kindrobots.schema.users import UserType
+from kindrobots.security.errors import Conflict, Unauthenticated
 
 
 @strawberry.type
 class Viewer:
     user: UserType
+    actor: strawberry.Private[UserActor]
 
     @strawberry.field
     async def memberships(self, info: Info) -> list[MembershipType]:
-        return [
-            MembershipType.from_row(row)
-            for row in await organizations.list_memberships(info.context)
-        ]
+        async with info.context.services.read() as session:
+            rows = await organizations.list_memberships(session, self.actor)
+        return [MembershipType.from_row(row) for row in rows]
 
 
 @strawberry.type
@@ -35,7 +37,8 @@ class AuthPayload:
     user: UserType
 
     @classmethod
-    def from_result(cls, result: auth.SignedIn) -> AuthPayload:
+    def from_result(cls, info: Info, result: auth.SignedIn) -> AuthPayload:
+        info.context.set_session_cookies(result.access_token, result.refresh_token)
         return cls(
             access_token=result.access_token,
             refresh_token=result.refresh_token,
@@ -58,40 +61,89 @@ class SignInInput:
     password: str
 
 
+def _issuer(info: Info) -> auth.Issuer:
+    services = info.context.services
+    return auth.Issuer(services.signer, timedelta(seconds=services.settings.refresh_token_ttl))
+
+
+def _client(info: Info) -> auth.Client:
+    return auth.Client(info.context.ip, info.context.user_agent)
+
+
 @strawberry.type
 class AuthQuery:
     @strawberry.field(description="The signed-in caller; null when signed out.")
     async def me(self, info: Info) -> Viewer | None:
-        viewer = await current_viewer(info.context)
-        return Viewer(user=UserType.from_row(viewer.user)) if viewer else None
+        actor = info.context.caller
+        if not isinstance(actor, UserActor):
+            return None
+        return Viewer(user=UserType.from_row(actor.user), actor=actor)
 
 
 @strawberry.type
 class AuthMutation:
     @strawberry.mutation(directives=[RateLimit(limit=5, window=3600, per=RateLimitKey.IP)])
     async def sign_up(self, info: Info, input: SignUpInput) -> AuthPayload:
-        result = await auth.sign_up(
-            info.context, input.email, input.password, input.display_name, input.organization_name
+        services = info.context.services
+        account = await auth.prepare_sign_up(
+            input.email, input.password, input.display_name, input.organization_name
         )
-        return AuthPayload.from_result(result)
+        try:
+            async with services.write() as session:
+                result = await auth.sign_up(
+                    session, info.now(), _issuer(info), _client(info), account
+                )
+        except IntegrityError:
+            # Two sign-ups with one email raced; the loser hears what it would have heard
+            # later. Any other constraint is not the caller's doing: never blame their email.
+            async with services.read() as session:
+                if not await auth.email_taken(session, account.email):
+                    raise
+            raise Conflict(auth.EMAIL_TAKEN) from None
+        return AuthPayload.from_result(info, result)
 
     @strawberry.mutation(directives=[RateLimit(limit=10, window=60, per=RateLimitKey.IP)])
     async def sign_in(self, info: Info, input: SignInInput) -> AuthPayload:
-        return AuthPayload.from_result(
-            await auth.sign_in(info.context, input.email, input.password)
-        )
+        services = info.context.services
+        async with services.read() as session:
+            user = await auth.find_user(session, input.email)
+        upgraded = await auth.check_password(user, input.password)
+        assert user is not None
+        async with services.write() as session:
+            result = await auth.sign_in(
+                session, info.now(), _issuer(info), _client(info), user, upgraded
+            )
+        return AuthPayload.from_result(info, result)
 
     @strawberry.mutation(
         description="Rotate a refresh token (argument or kr_refresh cookie).",
         directives=[RateLimit(limit=30, window=60, per=RateLimitKey.IP)],
     )
     async def refresh_session(self, info: Info, refresh_token: str | None = None) -> AuthPayload:
-        return AuthPayload.from_result(await auth.refresh_session(info.context, refresh_token))
+        token = refresh_token or info.context.refresh_cookie
+        async with info.context.services.write() as session:
+            result = await auth.refresh_session(session, info.now(), _issuer(info), token)
+        if result is None:
+            info.context.clear_session_cookies()
+            raise Unauthenticated(auth.INVALID_REFRESH)
+        return AuthPayload.from_result(info, result)
 
     @strawberry.mutation
     async def sign_out(self, info: Info) -> bool:
-        return await auth.sign_out(info.context)
+        caller = info.context.caller
+        async with info.context.services.write() as session:
+            await auth.sign_out(
+                session,
+                caller if isinstance(caller, UserActor) else None,
+                info.now(),
+                info.context.refresh_cookie,
+            )
+        info.context.clear_session_cookies()
+        return True
 
-    @strawberry.mutation(permission_classes=[IsAuthenticated])
+    @strawberry.mutation(extensions=authenticated())
     async def sign_out_everywhere(self, info: Info) -> bool:
-        return await auth.sign_out_everywhere(info.context)
+        async with info.context.services.write() as session:
+            await auth.sign_out_everywhere(session, signed_in(info), info.now())
+        info.context.clear_session_cookies()
+        return True

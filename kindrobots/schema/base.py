@@ -1,18 +1,37 @@
-"""Shared schema pieces: the Node interface, Relay connections, the context type."""
+"""Shared schema pieces: the Info type with its grant, Node, Relay connections."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import strawberry
+from strawberry.types.unset import UnsetType
 
 from kindrobots.context import RequestContext
 from kindrobots.db.pagination import Page
 
-Info = strawberry.Info[RequestContext, None]
+if TYPE_CHECKING:
+    from kindrobots.schema.permissions import Grant
 
 T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class Info(strawberry.Info[RequestContext, None]):
+    """Strawberry's Info plus what the field's permission established (``grant``).
+
+    Strawberry passes one Info object through a field's extensions to its resolver, so
+    the permission resolves the caller, organization and role once and the resolver
+    reads them here instead of checking again.
+    """
+
+    grant: Grant | None = None
+
+    def now(self) -> datetime:
+        return self.context.now()
 
 
 @strawberry.interface
@@ -55,3 +74,14 @@ def to_connection(page: Page[Any], convert: Callable[[Any], T]) -> Connection[T]
             end_cursor=page.cursors[-1] if page.cursors else None,
         ),
     )
+
+
+def given(value: T | UnsetType | None) -> T | None:
+    """An update field that cannot be cleared: omitted and ``null`` both leave it
+    unchanged (``None`` here)."""
+    return None if isinstance(value, UnsetType) else value
+
+
+def is_cleared(value: object) -> bool:
+    """Whether a clearable update field was given as ``null`` (omitted is UNSET)."""
+    return value is None

@@ -2,25 +2,38 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
 import strawberry
 from strawberry.scalars import JSON
 
-from kindrobots.chat.providers import TextDelta
+from kindrobots.chat.providers import ProviderError, TextDelta, Usage
 from kindrobots.chat.runtime import ToolRun
+from kindrobots.context import Services
 from kindrobots.db import models
+from kindrobots.db.enums import Role
 from kindrobots.db.pagination import check_first
 from kindrobots.ids import from_global_id, to_global_id
 from kindrobots.resolvers import chat
-from kindrobots.resolvers.loaders import loaders
+from kindrobots.resolvers.access import require_role
 from kindrobots.schema.base import Connection, Info, Node, to_connection
+from kindrobots.schema.callers import identify
 from kindrobots.schema.directives import RateLimit, RateLimitKey
-from kindrobots.schema.permissions import IsEditor, IsWidget
+from kindrobots.schema.loaders import loaders
+from kindrobots.schema.permissions import (
+    ObjectArgument,
+    granted,
+    requires,
+    user_caller,
+    widget,
+    widgets,
+)
 from kindrobots.schema.projects import ProjectType
 from kindrobots.security.errors import NotFound, RateLimited, UpstreamError
 
@@ -114,7 +127,7 @@ class ConversationType(Node):
 
     @strawberry.field
     async def project(self, info: Info) -> ProjectType:
-        row = await loaders(info.context).project.load(self.row.project_id)
+        row = await loaders(info).project.load(self.row.project_id)
         if row is None:  # the caller lost access to it while this request ran
             raise NotFound()
         return ProjectType.from_row(row)
@@ -125,9 +138,12 @@ class ConversationType(Node):
     ) -> Connection[MessageType]:
         first = check_first(50 if first is None else first)  # before a batch it would fail
         if after is None:  # the common case, batched across conversations
-            page = await loaders(info.context).first_messages.load((self.row.id, first))
+            page = await loaders(info).first_messages.load((self.row.id, first))
         else:
-            page = await chat.list_messages(info.context, self.row, first, after)
+            async with info.context.services.read() as session:
+                page = await chat.list_messages(
+                    session, user_caller(info), self.row.id, first, after
+                )
         return to_connection(page, MessageType.from_row)
 
     @classmethod
@@ -145,7 +161,7 @@ class ConversationEvent:
     message: MessageType
 
 
-def _usage(usage: Any) -> TokenUsage:
+def _usage(usage: Usage) -> TokenUsage:
     return TokenUsage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
 
 
@@ -153,21 +169,83 @@ def _conversation_id(raw: strawberry.ID | None) -> uuid.UUID | None:
     return from_global_id(raw, "Conversation") if raw else None
 
 
+@dataclass(frozen=True)
+class Started:
+    conversation_id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class Completed:
+    message_id: uuid.UUID
+    content: str
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class Failed:
+    message: str
+    retry_after: int | None = None
+
+
+TurnEvent = Started | TextDelta | ToolRun | Completed | Failed
+
+
+async def _store_reply(
+    services: Services, info: Info, turn: chat.OpenTurn, reply: chat.Reply, *, partial: bool
+) -> models.Message | None:
+    if partial and reply.empty:
+        return None
+    async with services.write() as session:
+        message = await chat.store_reply(session, info.now(), turn, reply, partial=partial)
+    await chat.publish(services.broker, turn, message)
+    return message
+
+
+async def _converse(info: Info, input: ChatInput) -> AsyncGenerator[TurnEvent, None]:
+    """One turn: the user's message stored, the reply streamed, the reply stored — in
+    two units of work, none of them open while the provider talks."""
+    grant = widget(info)
+    services = info.context.services
+    async with services.write() as session:
+        turn = await chat.open_turn(
+            session, grant.actor, info.now(), _conversation_id(input.conversation_id), input.message
+        )
+    await chat.publish(services.broker, turn, turn.message)
+    yield Started(turn.conversation_id)
+    reply = chat.Reply()
+    stream = chat.stream_reply(services.settings, services.keyring, grant.target, turn, reply)
+    try:
+        # However this generator ends, the upstream request ends with it.
+        async with aclosing(stream):
+            async for event in stream:
+                yield event
+    except ProviderError as exc:
+        await _store_reply(services, info, turn, reply, partial=True)
+        yield Failed(exc.message, exc.retry_after)
+        return
+    except (asyncio.CancelledError, GeneratorExit):
+        # The client left, while we waited for the provider (the task is cancelled) or while
+        # an event was being sent (the stream is closed at a yield): keep what was said,
+        # without letting the cancellation cut the write.
+        await asyncio.shield(_store_reply(services, info, turn, reply, partial=True))
+        raise
+    stored = await _store_reply(services, info, turn, reply, partial=False)
+    assert stored is not None
+    yield Completed(stored.id, stored.content, reply.usage)
+
+
 @strawberry.type
 class ChatSubscription:
     @strawberry.subscription(
-        permission_classes=[IsWidget],
+        extensions=widgets(),
         directives=[RateLimit(limit=20, window=60, per=RateLimitKey.PROJECT, from_plan=True)],
     )
     async def chat(self, info: Info, input: ChatInput) -> AsyncGenerator[ChatEvent, None]:
-        caller = chat.require_widget(info.context)
-        events = chat.chat(
-            info.context, caller, _conversation_id(input.conversation_id), input.message
-        )
+        events = _converse(info, input)
         # Strawberry closes this generator when the client leaves; the reply must see it.
         async with aclosing(events):
             async for event in events:
-                if isinstance(event, chat.Started):
+                if isinstance(event, Started):
                     yield ChatStarted(
                         conversation_id=strawberry.ID(
                             to_global_id("Conversation", event.conversation_id)
@@ -181,7 +259,7 @@ class ChatSubscription:
                         arguments=JSON(event.arguments),
                         result=JSON(event.result),
                     )
-                elif isinstance(event, chat.Completed):
+                elif isinstance(event, Completed):
                     yield ChatCompleted(
                         message_id=strawberry.ID(to_global_id("Message", event.message_id)),
                         usage=_usage(event.usage),
@@ -189,42 +267,47 @@ class ChatSubscription:
                 else:
                     yield ChatError(message=event.message, retry_after=event.retry_after)
 
-    @strawberry.subscription(permission_classes=[IsEditor])
+    @strawberry.subscription(
+        extensions=requires(Role.EDITOR, ObjectArgument("project_id", "Project"))
+    )
     async def conversation_events(
         self, info: Info, project_id: strawberry.ID
     ) -> AsyncGenerator[ConversationEvent, None]:
-        events = chat.project_events(info.context, from_global_id(project_id, "Project"))
-        async for event in events:
-            yield ConversationEvent(
-                conversation_id=strawberry.ID(
-                    to_global_id("Conversation", uuid.UUID(event["conversationId"]))
-                ),
-                message=MessageType.from_event(event["message"]),
-            )
+        grant = granted(info)
+        channel = chat.channel(from_global_id(project_id, "Project"))
+        async with info.context.services.broker.subscribe(channel) as messages:
+            async for event in messages:
+                # Session and role are read again for every event: a removed member or a
+                # signed-out session stops receiving customers' conversations at once.
+                await identify(info.context)
+                require_role(user_caller(info), grant.organization_id, Role.EDITOR)
+                yield ConversationEvent(
+                    conversation_id=strawberry.ID(
+                        to_global_id("Conversation", uuid.UUID(event["conversationId"]))
+                    ),
+                    message=MessageType.from_event(event["message"]),
+                )
 
 
 @strawberry.type
 class ChatMutation:
     @strawberry.mutation(
-        permission_classes=[IsWidget],
+        extensions=widgets(),
         description="External API (X-Project-Key header): the whole reply in one response.",
         directives=[RateLimit(limit=20, window=60, per=RateLimitKey.PROJECT, from_plan=True)],
     )
     async def send_message(self, info: Info, input: ChatInput) -> ChatReply:
-        caller = chat.require_widget(info.context)
         conversation_id: uuid.UUID | None = None
-        events = chat.chat(
-            info.context, caller, _conversation_id(input.conversation_id), input.message
-        )
+        events = _converse(info, input)
         async with aclosing(events):  # returning mid-loop must still close the stream
             async for event in events:
-                if isinstance(event, chat.Started):
+                if isinstance(event, Started):
                     conversation_id = event.conversation_id
-                elif isinstance(event, chat.Failed):
+                elif isinstance(event, Failed):
                     if event.retry_after:
                         raise RateLimited(event.retry_after, event.message)
                     raise UpstreamError(event.message)
-                elif isinstance(event, chat.Completed):
+                elif isinstance(event, Completed):
                     assert conversation_id is not None
                     return ChatReply(
                         conversation_id=strawberry.ID(

@@ -19,8 +19,17 @@ from strawberry.types.base import get_object_definition
 from strawberry.types.field import StrawberryField
 from strawberry.utils.str_converters import to_camel_case
 
-from kindrobots.resolvers import ratelimit
+from kindrobots.auth.principals import UserActor, WidgetActor
+from kindrobots.billing.plans import plan_for
 from kindrobots.schema.base import Info
+from kindrobots.schema.permissions import RoleGrant, WidgetGrant
+from kindrobots.security.errors import RateLimited
+from kindrobots.security.ratelimit import REFUSED, address_key
+
+PLAN_WINDOW = 60
+# Every ``fromPlan`` field draws on one count per key: the plan allows a project so many
+# chat messages a minute in all, whether they come over the widget or the HTTP API.
+PLAN_BUCKET = "plan.chatMessagesPerMinute"
 
 
 @strawberry.enum
@@ -47,21 +56,59 @@ class RateLimit:
     from_plan: bool | None = False
 
 
+def _key(info: Info, per: RateLimitKey) -> str:
+    """Whose calls count, from what the field's permission established."""
+    context, grant = info.context, info.grant
+    caller = context.caller
+    address = f"ip:{address_key(context.ip)}"
+    if per is RateLimitKey.IP:
+        return address
+    if isinstance(caller, WidgetActor):
+        if per is RateLimitKey.PROJECT:
+            return f"project:{caller.project_id}"
+        if per is RateLimitKey.ORGANIZATION:
+            return f"org:{caller.organization_id}"
+        return f"project:{caller.project_id}:user:{caller.end_user or address}"
+    if per is RateLimitKey.ORGANIZATION and isinstance(grant, RoleGrant):
+        return f"org:{grant.organization_id}"
+    # CALLER, and the fallback when the wider key is unknown: the one who is calling.
+    return f"user:{caller.user.id}" if isinstance(caller, UserActor) else address
+
+
 class RateLimitExtension(FieldExtension):
+    """Counts one call against the field's ``@rateLimit``, after its permission ran (so a
+    caller who may not call the field never spends an allowance)."""
+
     def __init__(self, field_name: str, directive: RateLimit) -> None:
         self.field_name = field_name
         self.directive = directive
 
-    async def resolve_async(self, next_: Any, source: Any, info: Info, **kwargs: Any) -> Any:
-        await ratelimit.check(
-            info.context,
-            field=self.field_name,
-            limit=self.directive.limit,
-            window=self.directive.window,
-            per=(self.directive.per or RateLimitKey.CALLER).value,
-            from_plan=bool(self.directive.from_plan),
-            arguments=kwargs,
-        )
+    async def _check(self, info: Info) -> None:
+        settings = info.context.settings
+        if not settings.rate_limits:
+            return
+        directive = self.directive
+        limit, window, bucket = directive.limit, directive.window, self.field_name
+        grant = info.grant
+        if directive.from_plan and isinstance(grant, WidgetGrant):
+            # The plan as of this message (read with the chat target): an upgrade counts
+            # at once, on every instance.
+            limit = plan_for(settings, grant.target.tier).chat_messages_per_minute
+            window, bucket = PLAN_WINDOW, PLAN_BUCKET
+        per = directive.per or RateLimitKey.CALLER
+        key = f"rl:{bucket}:{per.value}:{_key(info, per)}"
+        decision = await info.context.services.limiter.hit(key, limit, window)
+        if not decision.allowed:
+            REFUSED.labels(field=self.field_name).inc()
+            raise RateLimited(
+                decision.retry_after, f"Too many requests; try again in {decision.retry_after} s."
+            )
+
+    async def resolve_async(
+        self, next_: Any, source: Any, info: strawberry.Info[Any, Any], **kwargs: Any
+    ) -> Any:
+        assert isinstance(info, Info)
+        await self._check(info)
         result = next_(source, info, **kwargs)
         if inspect.isasyncgen(result):
             return result

@@ -9,12 +9,18 @@ import strawberry
 from strawberry.scalars import JSON
 
 from kindrobots.db import models
+from kindrobots.db.enums import Role
 from kindrobots.ids import from_global_id, to_global_id
 from kindrobots.resolvers import manifests
-from kindrobots.resolvers.loaders import loaders
 from kindrobots.schema.base import Info, Node
 from kindrobots.schema.directives import RateLimit, RateLimitKey
-from kindrobots.schema.permissions import IsEditor
+from kindrobots.schema.loaders import loaders
+from kindrobots.schema.permissions import (
+    ObjectArgument,
+    OrganizationArgument,
+    granted,
+    requires,
+)
 
 
 @strawberry.type
@@ -36,12 +42,12 @@ class ManifestType(Node):
 
     @strawberry.field(description="Where the newest version was imported from.")
     async def source_url(self, info: Info) -> str | None:
-        latest = await loaders(info.context).latest_version.load(self.manifest_id)
+        latest = await loaders(info).latest_version.load(self.manifest_id)
         return latest.source_url if latest else None
 
     @strawberry.field(description="The operations of the newest version.")
     async def operations(self, info: Info) -> list[ManifestOperation]:
-        latest = await loaders(info.context).latest_version.load(self.manifest_id)
+        latest = await loaders(info).latest_version.load(self.manifest_id)
         return [
             ManifestOperation(
                 operation_id=op["operationId"],
@@ -82,31 +88,39 @@ class ImportManifestInput:
 @strawberry.type
 class ManifestMutation:
     @strawberry.mutation(
-        permission_classes=[IsEditor],
+        extensions=requires(Role.EDITOR, OrganizationArgument("input.organization_id")),
         directives=[RateLimit(limit=30, window=60, per=RateLimitKey.ORGANIZATION)],
     )
     async def create_manifest(self, info: Info, input: CreateManifestInput) -> ManifestType:
-        row = await manifests.create_manifest(
-            info.context,
-            from_global_id(input.organization_id, "Organization"),
-            input.name,
-            input.openapi,
-        )
+        grant = granted(info)
+        document = await manifests.parse_document(input.openapi)
+        async with info.context.services.write() as session:
+            row = await manifests.create_manifest(
+                session, grant.actor, info.now(), grant.organization_id, input.name, document
+            )
         return ManifestType.from_row(row)
 
     @strawberry.mutation(
-        permission_classes=[IsEditor],
+        extensions=requires(Role.EDITOR, OrganizationArgument("input.organization_id")),
         directives=[RateLimit(limit=10, window=60, per=RateLimitKey.ORGANIZATION)],
     )
     async def import_manifest(self, info: Info, input: ImportManifestInput) -> ManifestType:
-        row = await manifests.import_manifest(
-            info.context,
-            from_global_id(input.organization_id, "Organization"),
-            input.name,
-            input.url,
-        )
+        grant = granted(info)
+        document = await manifests.fetch_document(info.context.settings, input.url)
+        async with info.context.services.write() as session:
+            row = await manifests.create_manifest(
+                session, grant.actor, info.now(), grant.organization_id, input.name, document
+            )
         return ManifestType.from_row(row)
 
-    @strawberry.mutation(permission_classes=[IsEditor])
+    @strawberry.mutation(extensions=requires(Role.EDITOR, ObjectArgument("id", "Manifest")))
     async def delete_manifest(self, info: Info, id: strawberry.ID) -> bool:
-        return await manifests.delete_manifest(info.context, from_global_id(id, "Manifest"))
+        grant = granted(info)
+        async with info.context.services.write() as session:
+            return await manifests.delete_manifest(
+                session,
+                grant.actor,
+                info.now(),
+                grant.organization_id,
+                from_global_id(id, "Manifest"),
+            )

@@ -1,4 +1,5 @@
-"""``node(id)``: any object by its global ID, with the same scoping as its own field."""
+"""``node(id)``: any object by its global ID, with the same scoping and roles as its own
+field (an AuditEvent needs ADMIN, an LlmCredential ADMIN)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import strawberry
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from kindrobots.context import RequestContext
+from kindrobots.auth.principals import UserActor
+from kindrobots.db.enums import Role
 from kindrobots.ids import parse_global_id
 from kindrobots.resolvers import (
     agents,
@@ -18,6 +21,7 @@ from kindrobots.resolvers import (
     organizations,
     projects,
 )
+from kindrobots.resolvers.access import require_role
 from kindrobots.schema.agents import AgentType
 from kindrobots.schema.audit import AuditEventType
 from kindrobots.schema.base import Info, Node
@@ -25,48 +29,53 @@ from kindrobots.schema.chat import ConversationType, MessageType
 from kindrobots.schema.credentials import LlmCredentialType
 from kindrobots.schema.manifests import ManifestType
 from kindrobots.schema.organizations import OrganizationType
-from kindrobots.schema.permissions import IsAuthenticated
+from kindrobots.schema.permissions import authenticated, signed_in
 from kindrobots.schema.projects import ProjectType
 from kindrobots.schema.users import UserType
 from kindrobots.security.errors import NotFound
 
-Fetch = Callable[[RequestContext, uuid.UUID], Awaitable[Node]]
+Fetch = Callable[[AsyncSession, UserActor, uuid.UUID], Awaitable[Node]]
 
 
-async def _organization(ctx: RequestContext, raw_id: uuid.UUID) -> Node:
-    return OrganizationType.from_row(await organizations.get_organization(ctx, raw_id))
+async def _organization(session: AsyncSession, actor: UserActor, raw_id: uuid.UUID) -> Node:
+    return OrganizationType.from_row(await organizations.get_organization(session, actor, raw_id))
 
 
-async def _user(ctx: RequestContext, raw_id: uuid.UUID) -> Node:
-    return UserType.from_row(await organizations.get_user(ctx, raw_id))
+async def _user(session: AsyncSession, actor: UserActor, raw_id: uuid.UUID) -> Node:
+    return UserType.from_row(await organizations.get_user(session, actor, raw_id))
 
 
-async def _audit_event(ctx: RequestContext, raw_id: uuid.UUID) -> Node:
-    return AuditEventType.from_row(await audit.get_event(ctx, raw_id))
+async def _audit_event(session: AsyncSession, actor: UserActor, raw_id: uuid.UUID) -> Node:
+    event = await audit.get_event(session, actor, raw_id)
+    assert event.organization_id is not None  # platform events are in no member's scope
+    require_role(actor, event.organization_id, Role.ADMIN)
+    return AuditEventType.from_row(event)
 
 
-async def _agent(ctx: RequestContext, raw_id: uuid.UUID) -> Node:
-    return AgentType.from_row(await agents.get_agent(ctx, raw_id))
+async def _agent(session: AsyncSession, actor: UserActor, raw_id: uuid.UUID) -> Node:
+    return AgentType.from_row(await agents.get_agent(session, actor, raw_id))
 
 
-async def _manifest(ctx: RequestContext, raw_id: uuid.UUID) -> Node:
-    return ManifestType.from_row(await manifests.get_manifest(ctx, raw_id))
+async def _manifest(session: AsyncSession, actor: UserActor, raw_id: uuid.UUID) -> Node:
+    return ManifestType.from_row(await manifests.get_manifest(session, actor, raw_id))
 
 
-async def _project(ctx: RequestContext, raw_id: uuid.UUID) -> Node:
-    return ProjectType.from_row(await projects.get_project(ctx, raw_id))
+async def _project(session: AsyncSession, actor: UserActor, raw_id: uuid.UUID) -> Node:
+    return ProjectType.from_row(await projects.get_project(session, actor, raw_id))
 
 
-async def _credential(ctx: RequestContext, raw_id: uuid.UUID) -> Node:
-    return LlmCredentialType.from_row(await credentials.get_credential(ctx, raw_id))
+async def _credential(session: AsyncSession, actor: UserActor, raw_id: uuid.UUID) -> Node:
+    row = await credentials.get_credential(session, actor, raw_id)
+    require_role(actor, row.organization_id, Role.ADMIN)
+    return LlmCredentialType.from_row(row)
 
 
-async def _conversation(ctx: RequestContext, raw_id: uuid.UUID) -> Node:
-    return ConversationType.from_row(await chat.get_conversation(ctx, raw_id))
+async def _conversation(session: AsyncSession, actor: UserActor, raw_id: uuid.UUID) -> Node:
+    return ConversationType.from_row(await chat.get_conversation(session, actor, raw_id))
 
 
-async def _message(ctx: RequestContext, raw_id: uuid.UUID) -> Node:
-    return MessageType.from_row(await chat.get_message(ctx, raw_id))
+async def _message(session: AsyncSession, actor: UserActor, raw_id: uuid.UUID) -> Node:
+    return MessageType.from_row(await chat.get_message(session, actor, raw_id))
 
 
 FETCHERS: dict[str, Fetch] = {
@@ -84,10 +93,11 @@ FETCHERS: dict[str, Fetch] = {
 
 @strawberry.type
 class NodeQuery:
-    @strawberry.field(permission_classes=[IsAuthenticated])
+    @strawberry.field(extensions=authenticated())
     async def node(self, info: Info, id: strawberry.ID) -> Node | None:
         type_name, raw_id = parse_global_id(id)
         fetch = FETCHERS.get(type_name)
         if fetch is None:
             raise NotFound()
-        return await fetch(info.context, raw_id)
+        async with info.context.services.read() as session:
+            return await fetch(session, signed_in(info), raw_id)

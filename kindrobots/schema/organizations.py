@@ -7,9 +7,9 @@ from datetime import datetime
 
 import strawberry
 
-from kindrobots.auth.roles import Role, Tier
-from kindrobots.billing.plans import Plan, plans
+from kindrobots.billing.plans import Plan, Tier, plans
 from kindrobots.db import models
+from kindrobots.db.enums import Role
 from kindrobots.ids import from_global_id, to_global_id
 from kindrobots.resolvers import (
     agents,
@@ -20,15 +20,22 @@ from kindrobots.resolvers import (
     organizations,
     projects,
 )
-from kindrobots.resolvers.loaders import loaders
 from kindrobots.schema.agents import AgentType
 from kindrobots.schema.audit import AuditEventType
 from kindrobots.schema.base import Connection, Info, Node, to_connection
 from kindrobots.schema.chat import ConversationType
 from kindrobots.schema.credentials import LlmCredentialType
 from kindrobots.schema.directives import RateLimit, RateLimitKey
+from kindrobots.schema.loaders import loaders
 from kindrobots.schema.manifests import ManifestType
-from kindrobots.schema.permissions import IsAdmin, IsAuthenticated, IsViewer
+from kindrobots.schema.permissions import (
+    OnSource,
+    OrganizationArgument,
+    authenticated,
+    granted,
+    requires,
+    signed_in,
+)
 from kindrobots.schema.projects import ProjectType
 from kindrobots.schema.users import UserType
 from kindrobots.security.errors import NotFound
@@ -90,14 +97,14 @@ class MembershipType:
 
     @strawberry.field
     async def organization(self, info: Info) -> OrganizationType:
-        row = await loaders(info.context).organization.load(self.organization_id)
+        row = await loaders(info).organization.load(self.organization_id)
         if row is None:  # the caller lost access to it while this request ran
             raise NotFound()
         return OrganizationType.from_row(row)
 
     @strawberry.field
     async def user(self, info: Info) -> UserType:
-        row = await loaders(info.context).user.load(self.user_id)
+        row = await loaders(info).user.load(self.user_id)
         assert row is not None  # memberships cascade with their user
         return UserType.from_row(row)
 
@@ -119,16 +126,18 @@ class OrganizationType(Node):
     created_at: datetime
     organization_id: strawberry.Private[uuid.UUID]
 
-    @strawberry.field(permission_classes=[IsViewer])
+    @strawberry.field(extensions=requires(Role.VIEWER, OnSource()))
     async def members(
         self, info: Info, first: int | None = 20, after: str | None = None
     ) -> Connection[MembershipType]:
-        page = await organizations.list_members(
-            info.context, self.organization_id, 20 if first is None else first, after
-        )
+        grant = granted(info)
+        async with info.context.services.read() as session:
+            page = await organizations.list_members(
+                session, grant.actor, grant.organization_id, 20 if first is None else first, after
+            )
         return to_connection(page, MembershipType.from_row)
 
-    @strawberry.field(permission_classes=[IsViewer])
+    @strawberry.field(extensions=requires(Role.VIEWER, OnSource()))
     async def agents(
         self,
         info: Info,
@@ -136,30 +145,41 @@ class OrganizationType(Node):
         after: str | None = None,
         search: str | None = None,
     ) -> Connection[AgentType]:
-        page = await agents.list_agents(
-            info.context, self.organization_id, 20 if first is None else first, after, search
-        )
+        grant = granted(info)
+        async with info.context.services.read() as session:
+            page = await agents.list_agents(
+                session,
+                grant.actor,
+                grant.organization_id,
+                20 if first is None else first,
+                after,
+                search,
+            )
         return to_connection(page, AgentType.from_row)
 
-    @strawberry.field(permission_classes=[IsViewer])
+    @strawberry.field(extensions=requires(Role.VIEWER, OnSource()))
     async def manifests(
         self, info: Info, first: int | None = 20, after: str | None = None
     ) -> Connection[ManifestType]:
-        page = await manifests.list_manifests(
-            info.context, self.organization_id, 20 if first is None else first, after
-        )
+        grant = granted(info)
+        async with info.context.services.read() as session:
+            page = await manifests.list_manifests(
+                session, grant.actor, grant.organization_id, 20 if first is None else first, after
+            )
         return to_connection(page, ManifestType.from_row)
 
-    @strawberry.field(permission_classes=[IsViewer])
+    @strawberry.field(extensions=requires(Role.VIEWER, OnSource()))
     async def projects(
         self, info: Info, first: int | None = 20, after: str | None = None
     ) -> Connection[ProjectType]:
-        page = await projects.list_projects(
-            info.context, self.organization_id, 20 if first is None else first, after
-        )
+        grant = granted(info)
+        async with info.context.services.read() as session:
+            page = await projects.list_projects(
+                session, grant.actor, grant.organization_id, 20 if first is None else first, after
+            )
         return to_connection(page, ProjectType.from_row)
 
-    @strawberry.field(permission_classes=[IsViewer])
+    @strawberry.field(extensions=requires(Role.VIEWER, OnSource()))
     async def conversations(
         self,
         info: Info,
@@ -167,26 +187,35 @@ class OrganizationType(Node):
         first: int | None = 20,
         after: str | None = None,
     ) -> Connection[ConversationType]:
-        page = await chat.list_conversations(
-            info.context,
-            self.organization_id,
-            from_global_id(project_id, "Project") if project_id else None,
-            20 if first is None else first,
-            after,
-        )
+        grant = granted(info)
+        async with info.context.services.read() as session:
+            page = await chat.list_conversations(
+                session,
+                grant.actor,
+                grant.organization_id,
+                from_global_id(project_id, "Project") if project_id else None,
+                20 if first is None else first,
+                after,
+            )
         return to_connection(page, ConversationType.from_row)
 
-    @strawberry.field(permission_classes=[IsAdmin])
+    @strawberry.field(extensions=requires(Role.ADMIN, OnSource()))
     async def llm_credentials(self, info: Info) -> list[LlmCredentialType]:
-        rows = await credentials.list_credentials(info.context, self.organization_id)
+        grant = granted(info)
+        async with info.context.services.read() as session:
+            rows = await credentials.list_credentials(session, grant.actor, grant.organization_id)
         return [LlmCredentialType.from_row(row) for row in rows]
 
-    @strawberry.field(permission_classes=[IsAdmin])
+    @strawberry.field(extensions=requires(Role.ADMIN, OnSource()))
     async def invitations(self, info: Info) -> list[InvitationType]:
-        rows = await organizations.list_invitations(info.context, self.organization_id)
+        grant = granted(info)
+        async with info.context.services.read() as session:
+            rows = await organizations.list_invitations(
+                session, grant.actor, info.now(), grant.organization_id
+            )
         return [InvitationType.from_row(row) for row in rows]
 
-    @strawberry.field(permission_classes=[IsAdmin])
+    @strawberry.field(extensions=requires(Role.ADMIN, OnSource()))
     async def audit_log(
         self,
         info: Info,
@@ -194,9 +223,16 @@ class OrganizationType(Node):
         after: str | None = None,
         action: str | None = None,
     ) -> Connection[AuditEventType]:
-        page = await audit.list_events(
-            info.context, self.organization_id, 50 if first is None else first, after, action
-        )
+        grant = granted(info)
+        async with info.context.services.read() as session:
+            page = await audit.list_events(
+                session,
+                grant.actor,
+                grant.organization_id,
+                50 if first is None else first,
+                after,
+                action,
+            )
         return to_connection(page, AuditEventType.from_row)
 
     @classmethod
@@ -232,9 +268,12 @@ class UpdateMemberRoleInput:
 
 @strawberry.type
 class OrganizationQuery:
-    @strawberry.field(permission_classes=[IsAuthenticated])
+    @strawberry.field(extensions=authenticated())
     async def organization(self, info: Info, id: strawberry.ID) -> OrganizationType | None:
-        row = await organizations.get_organization(info.context, from_global_id(id, "Organization"))
+        async with info.context.services.read() as session:
+            row = await organizations.get_organization(
+                session, signed_in(info), from_global_id(id, "Organization")
+            )
         return OrganizationType.from_row(row)
 
     @strawberry.field
@@ -244,49 +283,71 @@ class OrganizationQuery:
 
 @strawberry.type
 class OrganizationMutation:
-    @strawberry.mutation(permission_classes=[IsAuthenticated])
+    @strawberry.mutation(extensions=authenticated())
     async def create_organization(
         self, info: Info, input: CreateOrganizationInput
     ) -> OrganizationType:
-        row = await organizations.create_organization(info.context, input.name)
+        async with info.context.services.write() as session:
+            row = await organizations.create_organization(
+                session, signed_in(info), info.now(), input.name
+            )
         return OrganizationType.from_row(row)
 
     @strawberry.mutation(
-        permission_classes=[IsAdmin],
+        extensions=requires(Role.ADMIN, OrganizationArgument("input.organization_id")),
         directives=[RateLimit(limit=50, window=3600, per=RateLimitKey.ORGANIZATION)],
     )
     async def invite_member(self, info: Info, input: InviteMemberInput) -> InvitationResult:
-        invitation, token = await organizations.invite_member(
-            info.context,
-            from_global_id(input.organization_id, "Organization"),
-            input.email,
-            Role(input.role),
-        )
+        grant = granted(info)
+        async with info.context.services.write() as session:
+            invitation, token = await organizations.invite_member(
+                session,
+                grant.actor,
+                info.now(),
+                info.context.settings,
+                grant.organization_id,
+                input.email,
+                Role(input.role),
+            )
         return InvitationResult(invitation=InvitationType.from_row(invitation), token=token)
 
     @strawberry.mutation(
-        permission_classes=[IsAuthenticated],
+        extensions=authenticated(),
         directives=[RateLimit(limit=10, window=60, per=RateLimitKey.CALLER)],
     )
     async def accept_invitation(self, info: Info, token: str) -> MembershipType:
-        return MembershipType.from_row(await organizations.accept_invitation(info.context, token))
-
-    @strawberry.mutation(permission_classes=[IsAdmin])
-    async def update_member_role(self, info: Info, input: UpdateMemberRoleInput) -> MembershipType:
-        row = await organizations.update_member_role(
-            info.context,
-            from_global_id(input.organization_id, "Organization"),
-            from_global_id(input.user_id, "User"),
-            Role(input.role),
-        )
+        async with info.context.services.write() as session:
+            row = await organizations.accept_invitation(
+                session, signed_in(info), info.now(), info.context.settings, token
+            )
         return MembershipType.from_row(row)
 
-    @strawberry.mutation(permission_classes=[IsAdmin])
+    @strawberry.mutation(
+        extensions=requires(Role.ADMIN, OrganizationArgument("input.organization_id"))
+    )
+    async def update_member_role(self, info: Info, input: UpdateMemberRoleInput) -> MembershipType:
+        grant = granted(info)
+        async with info.context.services.write() as session:
+            row = await organizations.update_member_role(
+                session,
+                grant.actor,
+                info.now(),
+                grant.organization_id,
+                from_global_id(input.user_id, "User"),
+                Role(input.role),
+            )
+        return MembershipType.from_row(row)
+
+    @strawberry.mutation(extensions=requires(Role.ADMIN, OrganizationArgument("organization_id")))
     async def remove_member(
         self, info: Info, organization_id: strawberry.ID, user_id: strawberry.ID
     ) -> bool:
-        return await organizations.remove_member(
-            info.context,
-            from_global_id(organization_id, "Organization"),
-            from_global_id(user_id, "User"),
-        )
+        grant = granted(info)
+        async with info.context.services.write() as session:
+            return await organizations.remove_member(
+                session,
+                grant.actor,
+                info.now(),
+                grant.organization_id,
+                from_global_id(user_id, "User"),
+            )

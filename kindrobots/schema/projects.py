@@ -8,13 +8,19 @@ from datetime import datetime
 import strawberry
 
 from kindrobots.db import models
+from kindrobots.db.enums import AccessMode, Role
 from kindrobots.ids import from_global_id, to_global_id
 from kindrobots.resolvers import projects
-from kindrobots.resolvers.loaders import loaders
-from kindrobots.resolvers.projects import AccessMode, ProjectFields
+from kindrobots.resolvers.projects import CLEARABLE, ProjectFields
 from kindrobots.schema.agents import AgentType
-from kindrobots.schema.base import Info, Node
-from kindrobots.schema.permissions import IsEditor
+from kindrobots.schema.base import Info, Node, given, is_cleared
+from kindrobots.schema.loaders import loaders
+from kindrobots.schema.permissions import (
+    ObjectArgument,
+    OrganizationArgument,
+    granted,
+    requires,
+)
 from kindrobots.security.errors import NotFound
 
 strawberry.enum(AccessMode)
@@ -35,7 +41,7 @@ class ProjectType(Node):
 
     @strawberry.field
     async def agent(self, info: Info) -> AgentType:
-        row = await loaders(info.context).agent.load(self.agent_id)
+        row = await loaders(info).agent.load(self.agent_id)
         if row is None:  # the caller lost access to it while this request ran
             raise NotFound()
         return AgentType.from_row(row)
@@ -69,57 +75,96 @@ class CreateProjectInput:
     jwt_audience: str | None = None
 
 
-@strawberry.input
+@strawberry.input(
+    description="Omitted fields stay as they are; null clears jwksUrl, jwtIssuer, jwtAudience."
+)
 class UpdateProjectInput:
     id: strawberry.ID
-    name: str | None = None
-    agent_id: strawberry.ID | None = None
-    allowed_origins: list[str] | None = None
-    access_mode: AccessMode | None = None
-    jwks_url: str | None = None
-    jwt_issuer: str | None = None
-    jwt_audience: str | None = None
+    name: str | None = strawberry.UNSET
+    agent_id: strawberry.ID | None = strawberry.UNSET
+    allowed_origins: list[str] | None = strawberry.UNSET
+    access_mode: AccessMode | None = strawberry.UNSET
+    jwks_url: str | None = strawberry.UNSET
+    jwt_issuer: str | None = strawberry.UNSET
+    jwt_audience: str | None = strawberry.UNSET
+
+
+def _update_fields(input: UpdateProjectInput) -> ProjectFields:
+    agent_id = given(input.agent_id)
+    access_mode = given(input.access_mode)
+    return ProjectFields(
+        name=given(input.name),
+        agent_id=from_global_id(agent_id, "Agent") if agent_id is not None else None,
+        allowed_origins=given(input.allowed_origins),
+        access_mode=AccessMode(access_mode) if access_mode is not None else None,
+        jwks_url=given(input.jwks_url),
+        jwt_issuer=given(input.jwt_issuer),
+        jwt_audience=given(input.jwt_audience),
+        cleared=frozenset(name for name in CLEARABLE if is_cleared(getattr(input, name))),
+    )
 
 
 @strawberry.type
 class ProjectMutation:
-    @strawberry.mutation(permission_classes=[IsEditor])
+    @strawberry.mutation(
+        extensions=requires(Role.EDITOR, OrganizationArgument("input.organization_id"))
+    )
     async def create_project(self, info: Info, input: CreateProjectInput) -> ProjectType:
-        fields = ProjectFields(
-            name=input.name,
-            agent_id=from_global_id(input.agent_id, "Agent"),
-            allowed_origins=input.allowed_origins,
-            access_mode=AccessMode(input.access_mode),
-            jwks_url=input.jwks_url,
-            jwt_issuer=input.jwt_issuer,
-            jwt_audience=input.jwt_audience,
+        grant = granted(info)
+        fields = await projects.validate(
+            info.context.settings,
+            ProjectFields(
+                name=input.name,
+                agent_id=from_global_id(input.agent_id, "Agent"),
+                allowed_origins=input.allowed_origins,
+                access_mode=AccessMode(input.access_mode),
+                jwks_url=input.jwks_url,
+                jwt_issuer=input.jwt_issuer,
+                jwt_audience=input.jwt_audience,
+            ),
         )
-        row = await projects.create_project(
-            info.context, from_global_id(input.organization_id, "Organization"), fields
-        )
+        async with info.context.services.write() as session:
+            row = await projects.create_project(
+                session, grant.actor, info.now(), grant.organization_id, fields
+            )
         return ProjectType.from_row(row)
 
-    @strawberry.mutation(permission_classes=[IsEditor])
+    @strawberry.mutation(extensions=requires(Role.EDITOR, ObjectArgument("input.id", "Project")))
     async def update_project(self, info: Info, input: UpdateProjectInput) -> ProjectType:
-        fields = ProjectFields(
-            name=input.name,
-            agent_id=from_global_id(input.agent_id, "Agent") if input.agent_id else None,
-            allowed_origins=input.allowed_origins,
-            access_mode=AccessMode(input.access_mode) if input.access_mode else None,
-            jwks_url=input.jwks_url,
-            jwt_issuer=input.jwt_issuer,
-            jwt_audience=input.jwt_audience,
-        )
-        row = await projects.update_project(
-            info.context, from_global_id(input.id, "Project"), fields
-        )
+        grant = granted(info)
+        fields = await projects.validate(info.context.settings, _update_fields(input))
+        async with info.context.services.write() as session:
+            row = await projects.update_project(
+                session,
+                grant.actor,
+                info.now(),
+                grant.organization_id,
+                from_global_id(input.id, "Project"),
+                fields,
+            )
         return ProjectType.from_row(row)
 
-    @strawberry.mutation(permission_classes=[IsEditor])
+    @strawberry.mutation(extensions=requires(Role.EDITOR, ObjectArgument("id", "Project")))
     async def rotate_project_key(self, info: Info, id: strawberry.ID) -> ProjectType:
-        row = await projects.rotate_project_key(info.context, from_global_id(id, "Project"))
+        grant = granted(info)
+        async with info.context.services.write() as session:
+            row = await projects.rotate_project_key(
+                session,
+                grant.actor,
+                info.now(),
+                grant.organization_id,
+                from_global_id(id, "Project"),
+            )
         return ProjectType.from_row(row)
 
-    @strawberry.mutation(permission_classes=[IsEditor])
+    @strawberry.mutation(extensions=requires(Role.EDITOR, ObjectArgument("id", "Project")))
     async def delete_project(self, info: Info, id: strawberry.ID) -> bool:
-        return await projects.delete_project(info.context, from_global_id(id, "Project"))
+        grant = granted(info)
+        async with info.context.services.write() as session:
+            return await projects.delete_project(
+                session,
+                grant.actor,
+                info.now(),
+                grant.organization_id,
+                from_global_id(id, "Project"),
+            )

@@ -1,0 +1,94 @@
+"""Widget authentication: a project key, the page's Origin and, for AUTHENTICATED
+projects, the end user's JWT — checked before a widget may chat."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kindrobots.auth.principals import WidgetActor
+from kindrobots.db.enums import AccessMode
+from kindrobots.db.models import Project
+from kindrobots.security.errors import Forbidden, Unauthenticated
+from kindrobots.security.jwks import InvalidToken, JwksCache, verify_end_user
+from kindrobots.security.origins import origin_allowed
+
+UNAUTHORIZED = 4401
+FORBIDDEN = 4403
+
+
+class WidgetRejected(Exception):
+    """Refused before the connection is accepted: 4401 for a bad token, 4403 otherwise.
+
+    The reason names the failed check, never the key or the token.
+    """
+
+    def __init__(self, close_code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.close_code = close_code
+        self.reason = reason
+
+    def as_error(self) -> Forbidden | Unauthenticated:
+        if self.close_code == FORBIDDEN:
+            return Forbidden("This project key or origin is not allowed.")
+        return Unauthenticated("The end-user token was refused.")
+
+
+async def authenticate_widget(
+    session: AsyncSession,
+    jwks: JwksCache,
+    *,
+    project_key: object,
+    origin: str | None,
+    token: str | None,
+    browser_only: bool,
+) -> WidgetActor:
+    """Check the project key, the Origin and (AUTHENTICATED projects) the end-user JWT.
+
+    ``browser_only`` (WebSocket widgets) refuses a missing Origin; the HTTP API
+    accepts server-to-server calls without one but checks any Origin it gets.
+    """
+    if not isinstance(project_key, str) or not project_key.startswith("pk_"):
+        raise WidgetRejected(FORBIDDEN, "missing or malformed project key")
+    project = await session.scalar(
+        select(Project).where(Project.publishable_key == project_key[:64])
+    )
+    if project is None:
+        raise WidgetRejected(FORBIDDEN, "unknown project key")
+    if (origin is not None or browser_only) and not origin_allowed(
+        origin, list(project.allowed_origins)
+    ):
+        raise WidgetRejected(FORBIDDEN, f"origin {str(origin)[:100]!r} not allowed for the project")
+    end_user, expires_at = None, None
+    if project.access_mode == AccessMode.AUTHENTICATED.value:
+        if not token:
+            raise WidgetRejected(UNAUTHORIZED, "end-user token missing")
+        assert project.jwks_url and project.jwt_issuer and project.jwt_audience
+        try:
+            user = await verify_end_user(
+                token,
+                cache=jwks,
+                jwks_url=project.jwks_url,
+                issuer=project.jwt_issuer,
+                audience=project.jwt_audience,
+            )
+        except InvalidToken as exc:
+            raise WidgetRejected(UNAUTHORIZED, f"end-user token refused: {exc.reason}") from None
+        end_user, expires_at = user.subject, user.expires_at
+    return WidgetActor(
+        project.id, project.organization_id, end_user, project.publishable_key, origin, expires_at
+    )
+
+
+def still_allowed(actor: WidgetActor, project: Project | None) -> None:
+    """What was true when the widget connected must still be true for this message."""
+    if project is None or project.publishable_key != actor.project_key:
+        raise Forbidden("This project key is no longer valid.")
+    if actor.origin is not None and not origin_allowed(actor.origin, list(project.allowed_origins)):
+        raise Forbidden("This site is no longer allowed to use this chat.")
+    if project.access_mode == AccessMode.AUTHENTICATED.value and actor.end_user is None:
+        raise Unauthenticated("This chat now needs a signed-in end user.")
+    if actor.expires_at is not None and time.time() >= actor.expires_at:
+        raise Unauthenticated("The end-user token has expired.")

@@ -10,7 +10,7 @@ import base64
 import binascii
 import uuid
 
-from kindrobots.security.errors import NotFound
+from kindrobots.errors import NotFound
 
 
 def to_global_id(type_name: str, raw_id: uuid.UUID) -> str:

@@ -409,7 +409,7 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
     app.router.add_get("/metrics", metrics)
     add_widget_routes(app, settings)
     # Both go in front of any other middleware: the HTTPS redirect first, then CORS.
-    setup_cors(app, CorsPolicy(settings.dashboard_origins, project_origins(services)))
+    setup_cors(app, CorsPolicy(settings.dashboard_origins, project_origins(services.sessionmaker)))
     setup_transport(app, settings)
     app.on_shutdown.append(_close_websockets)
     app.on_cleanup.append(_close_services)

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from kindrobots.errors import BadUserInput
 from kindrobots.resolvers import openapi
-from kindrobots.security.errors import BadUserInput
 
 
 def _document(description_chars: int, references: int, operations: int) -> str:

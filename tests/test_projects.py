@@ -14,8 +14,8 @@ import pytest_asyncio
 from sqlalchemy import select
 
 from kindrobots.db.models import Project
+from kindrobots.errors import BadUserInput
 from kindrobots.ids import from_global_id, to_global_id
-from kindrobots.security.errors import BadUserInput
 from kindrobots.security.origins import MAX_ORIGINS, normalize_origin, normalize_origins
 from tests.conftest import Account, Client, Response, RunningServer, set_tier
 from tests.org_helpers import add_member, quick_account

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kindrobots.auth.principals import WidgetActor
 from kindrobots.db.enums import AccessMode
 from kindrobots.db.models import Project
-from kindrobots.security.errors import Forbidden, Unauthenticated
+from kindrobots.errors import Forbidden, Unauthenticated
 from kindrobots.security.jwks import InvalidToken, JwksCache, verify_end_user
 from kindrobots.security.origins import origin_allowed
 

@@ -15,7 +15,7 @@ from sqlalchemy import Select, and_, or_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
-from kindrobots.security.errors import BadUserInput
+from kindrobots.errors import BadUserInput
 
 T = TypeVar("T")
 MAX_PAGE = 100

@@ -23,7 +23,7 @@ from kindrobots.db.models import (
     Project,
 )
 from kindrobots.db.pagination import Page, paginate
-from kindrobots.security.errors import Forbidden, NotFound
+from kindrobots.errors import Forbidden, NotFound
 
 
 def require_role(actor: UserActor, organization_id: uuid.UUID, role: Role) -> Role:

@@ -14,9 +14,9 @@ from kindrobots.auth.principals import UserActor
 from kindrobots.db.locks import lock_organization
 from kindrobots.db.models import Agent, AgentManifest, LlmCredential, Manifest, Project
 from kindrobots.db.pagination import Page
+from kindrobots.errors import BadUserInput, Conflict, NotFound
 from kindrobots.resolvers import audit, validation
 from kindrobots.resolvers.access import lock_row, organization_page, scoped_get
-from kindrobots.security.errors import BadUserInput, Conflict, NotFound
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,99}$")
 MAX_SYSTEM_PROMPT = 20_000

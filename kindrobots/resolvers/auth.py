@@ -18,9 +18,9 @@ from kindrobots.auth.passwords import hash_password, needs_upgrade, verify_passw
 from kindrobots.auth.principals import UserActor
 from kindrobots.auth.tokens import TokenSigner, hash_token, new_opaque_token
 from kindrobots.db.models import AuthSession, RefreshToken, User
+from kindrobots.errors import Conflict, Unauthenticated
 from kindrobots.resolvers import validation
 from kindrobots.resolvers.organizations import insert_organization
-from kindrobots.security.errors import Conflict, Unauthenticated
 from kindrobots.security.redaction import register_secret
 
 INVALID_CREDENTIALS = "Invalid email or password."

@@ -54,10 +54,10 @@ from kindrobots.db.models import (
     Project,
 )
 from kindrobots.db.pagination import Page, paginate
+from kindrobots.errors import BadUserInput, NotFound
 from kindrobots.resolvers.access import member_organizations, organization_page, scoped_get
 from kindrobots.resolvers.credentials import open_api_key
 from kindrobots.security.crypto import KeyRing
-from kindrobots.security.errors import BadUserInput, NotFound
 
 logger = logging.getLogger("kindrobots.chat")
 

@@ -14,10 +14,10 @@ from kindrobots.config import Settings
 from kindrobots.db.enums import LlmProvider
 from kindrobots.db.locks import lock_organization
 from kindrobots.db.models import LlmCredential
+from kindrobots.errors import BadUserInput
 from kindrobots.resolvers import audit, validation
 from kindrobots.resolvers.access import delete_owned, member_organizations, scoped_get
 from kindrobots.security.crypto import DecryptionError, KeyRing, Sealed
-from kindrobots.security.errors import BadUserInput
 from kindrobots.security.redaction import register_secret
 from kindrobots.security.ssrf import check_url
 

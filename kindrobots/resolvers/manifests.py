@@ -16,9 +16,9 @@ from kindrobots.config import Settings
 from kindrobots.db.locks import lock_organization
 from kindrobots.db.models import Manifest, ManifestVersion
 from kindrobots.db.pagination import Page
+from kindrobots.errors import BadUserInput
 from kindrobots.resolvers import audit, openapi, validation
 from kindrobots.resolvers.access import delete_owned, organization_page, scoped_get
-from kindrobots.security.errors import BadUserInput
 from kindrobots.security.ssrf import Limits, outbound_request
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from kindrobots.security.errors import BadUserInput
+from kindrobots.errors import BadUserInput
 
 MAX_DOCUMENT_BYTES = 1024 * 1024
 MAX_OPERATIONS = 200

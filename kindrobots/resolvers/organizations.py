@@ -18,9 +18,9 @@ from kindrobots.db.enums import Role
 from kindrobots.db.locks import lock_organization
 from kindrobots.db.models import Invitation, Membership, Organization, User
 from kindrobots.db.pagination import Page
+from kindrobots.errors import Conflict, Forbidden, NotFound, PaymentRequired
 from kindrobots.resolvers import audit, validation
 from kindrobots.resolvers.access import member_organizations, organization_page
-from kindrobots.security.errors import Conflict, Forbidden, NotFound, PaymentRequired
 from kindrobots.security.redaction import register_secret
 
 INVALID_INVITATION = "This invitation is not valid."

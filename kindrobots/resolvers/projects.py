@@ -16,9 +16,9 @@ from kindrobots.db.enums import AccessMode
 from kindrobots.db.locks import lock_organization
 from kindrobots.db.models import Agent, Project
 from kindrobots.db.pagination import Page
+from kindrobots.errors import BadUserInput, NotFound
 from kindrobots.resolvers import audit, validation
 from kindrobots.resolvers.access import delete_owned, lock_row, organization_page, scoped_get
-from kindrobots.security.errors import BadUserInput, NotFound
 from kindrobots.security.origins import normalize_origins
 from kindrobots.security.ssrf import check_url
 

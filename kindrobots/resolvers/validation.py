@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from kindrobots.security.errors import BadUserInput
+from kindrobots.errors import BadUserInput
 from kindrobots.security.redaction import register_secret
 
 EMAIL = re.compile(r"^[^@\s]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z]{2,63}$")

@@ -8,13 +8,13 @@ import strawberry
 from sqlalchemy.exc import IntegrityError
 
 from kindrobots.auth.principals import UserActor
+from kindrobots.errors import Conflict, Unauthenticated
 from kindrobots.resolvers import auth, organizations
 from kindrobots.schema.base import Info
 from kindrobots.schema.directives import RateLimit, RateLimitKey
 from kindrobots.schema.organizations import MembershipType
 from kindrobots.schema.permissions import authenticated, signed_in
 from kindrobots.schema.users import UserType
-from kindrobots.security.errors import Conflict, Unauthenticated
 
 
 @strawberry.type

@@ -5,16 +5,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import strawberry
 from strawberry.types.unset import UnsetType
 
 from kindrobots.context import RequestContext
 from kindrobots.db.pagination import Page
-
-if TYPE_CHECKING:
-    from kindrobots.schema.permissions import Grant
+from kindrobots.schema.grants import Grant
 
 T = TypeVar("T")
 

@@ -19,6 +19,7 @@ from kindrobots.context import Services
 from kindrobots.db import models
 from kindrobots.db.enums import Role
 from kindrobots.db.pagination import check_first
+from kindrobots.errors import NotFound, RateLimited, UpstreamError
 from kindrobots.ids import from_global_id, to_global_id
 from kindrobots.resolvers import chat
 from kindrobots.resolvers.access import require_role
@@ -35,7 +36,6 @@ from kindrobots.schema.permissions import (
     widgets,
 )
 from kindrobots.schema.projects import ProjectType
-from kindrobots.security.errors import NotFound, RateLimited, UpstreamError
 
 
 @strawberry.type

@@ -21,9 +21,9 @@ from strawberry.utils.str_converters import to_camel_case
 
 from kindrobots.auth.principals import UserActor, WidgetActor
 from kindrobots.billing.plans import plan_for
+from kindrobots.errors import RateLimited
 from kindrobots.schema.base import Info
-from kindrobots.schema.permissions import RoleGrant, WidgetGrant
-from kindrobots.security.errors import RateLimited
+from kindrobots.schema.grants import RoleGrant, WidgetGrant
 from kindrobots.security.ratelimit import REFUSED, address_key
 
 PLAN_WINDOW = 60

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kindrobots.auth.principals import UserActor
 from kindrobots.db.enums import Role
+from kindrobots.errors import NotFound
 from kindrobots.ids import parse_global_id
 from kindrobots.resolvers import (
     agents,
@@ -32,7 +33,6 @@ from kindrobots.schema.organizations import OrganizationType
 from kindrobots.schema.permissions import authenticated, signed_in
 from kindrobots.schema.projects import ProjectType
 from kindrobots.schema.users import UserType
-from kindrobots.security.errors import NotFound
 
 Fetch = Callable[[AsyncSession, UserActor, uuid.UUID], Awaitable[Node]]
 

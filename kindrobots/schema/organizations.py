@@ -10,6 +10,7 @@ import strawberry
 from kindrobots.billing.plans import Plan, Tier, plans
 from kindrobots.db import models
 from kindrobots.db.enums import Role
+from kindrobots.errors import NotFound
 from kindrobots.ids import from_global_id, to_global_id
 from kindrobots.resolvers import (
     agents,
@@ -38,7 +39,6 @@ from kindrobots.schema.permissions import (
 )
 from kindrobots.schema.projects import ProjectType
 from kindrobots.schema.users import UserType
-from kindrobots.security.errors import NotFound
 
 strawberry.enum(Role)
 strawberry.enum(Tier)

@@ -30,11 +30,12 @@ from strawberry.types.field import StrawberryField
 
 from kindrobots.auth.principals import UserActor, WidgetActor
 from kindrobots.db.enums import Role
+from kindrobots.errors import Unauthenticated
 from kindrobots.ids import from_global_id
 from kindrobots.resolvers import chat
 from kindrobots.resolvers.access import OWNED_MODELS, organization_of, require_role
 from kindrobots.schema.base import Info
-from kindrobots.security.errors import Unauthenticated
+from kindrobots.schema.grants import RoleGrant, WidgetGrant
 
 # Root fields anyone may call, signed in or not. Everything else needs a permission.
 PUBLIC_FIELDS = frozenset(
@@ -51,22 +52,6 @@ PUBLIC_FIELDS = frozenset(
 
 class SchemaError(Exception):
     """A permission that cannot work on the field it is declared on."""
-
-
-@dataclass(frozen=True)
-class RoleGrant:
-    actor: UserActor
-    organization_id: uuid.UUID
-    role: Role
-
-
-@dataclass(frozen=True)
-class WidgetGrant:
-    actor: WidgetActor
-    target: chat.ChatTarget
-
-
-Grant = RoleGrant | WidgetGrant | UserActor
 
 
 def _info(info: strawberry.Info[Any, Any]) -> Info:

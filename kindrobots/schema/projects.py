@@ -9,6 +9,7 @@ import strawberry
 
 from kindrobots.db import models
 from kindrobots.db.enums import AccessMode, Role
+from kindrobots.errors import NotFound
 from kindrobots.ids import from_global_id, to_global_id
 from kindrobots.resolvers import projects
 from kindrobots.resolvers.projects import CLEARABLE, ProjectFields
@@ -21,7 +22,6 @@ from kindrobots.schema.permissions import (
     granted,
     requires,
 )
-from kindrobots.security.errors import NotFound
 
 strawberry.enum(AccessMode)
 

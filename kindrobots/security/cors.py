@@ -35,10 +35,10 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from kindrobots.context import Services
 from kindrobots.db.models import Project
-from kindrobots.security.errors import BadUserInput
+from kindrobots.errors import BadUserInput
 from kindrobots.security.origins import normalize_origin, origin_allowed
 
 logger = logging.getLogger("kindrobots.cors")
@@ -62,13 +62,13 @@ CorsHeaders = dict[str, str]
 CORS_HEADERS: web.RequestKey[CorsHeaders] = web.RequestKey("cors_headers", dict)
 
 
-def project_origins(services: Services) -> OriginsLookup:
+def project_origins(sessions: async_sessionmaker[AsyncSession]) -> OriginsLookup:
     """The allowed origins of the project with this publishable key (None: no such project)."""
 
     async def lookup(project_key: str) -> Sequence[str] | None:
         if not project_key.startswith("pk_"):
             return None
-        async with services.read() as session:
+        async with sessions() as session:
             origins = await session.scalar(
                 select(Project.allowed_origins).where(Project.publishable_key == project_key[:64])
             )

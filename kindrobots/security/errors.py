@@ -1,8 +1,9 @@
-"""The public error family (API.md, Errors) and the masking of everything else.
+"""Masking: every error of a result is rewritten into the public family before it leaves.
 
 A client sees a stable ``extensions.code``. Any exception that is not a
-:class:`PublicError` is replaced by ``Unexpected error.`` with an ``errorId``; the
-detail goes to the server log under that id (through the redaction filter).
+:class:`~kindrobots.errors.PublicError` is replaced by ``Unexpected error.`` with an
+``errorId``; the detail goes to the server log under that id (through the redaction
+filter).
 """
 
 from __future__ import annotations
@@ -11,73 +12,14 @@ import logging
 import re
 import uuid
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any
 
 from graphql import GraphQLError
 from strawberry.extensions import SchemaExtension
 
+from kindrobots.errors import INTERNAL_MESSAGE, PublicError
+
 logger = logging.getLogger("kindrobots.errors")
-
-INTERNAL_MESSAGE = "Unexpected error."
-
-
-class PublicError(Exception):
-    """An error whose message and code are meant for the client."""
-
-    code: ClassVar[str] = "INTERNAL_SERVER_ERROR"
-    default_message: ClassVar[str] = INTERNAL_MESSAGE
-
-    def __init__(self, message: str | None = None, **extensions: Any) -> None:
-        super().__init__(message or self.default_message)
-        self.message = message or self.default_message
-        self.extensions = {"code": self.code, **extensions}
-
-
-class Unauthenticated(PublicError):
-    code = "UNAUTHENTICATED"
-    default_message = "Sign in to continue."
-
-
-class Forbidden(PublicError):
-    code = "FORBIDDEN"
-    default_message = "Your role does not allow this."
-
-
-class NotFound(PublicError):
-    code = "NOT_FOUND"
-    default_message = "Not found."
-
-
-class BadUserInput(PublicError):
-    code = "BAD_USER_INPUT"
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message, field=field)
-
-
-class RateLimited(PublicError):
-    code = "RATE_LIMITED"
-    default_message = "Too many requests."
-
-    def __init__(self, retry_after: int, message: str | None = None) -> None:
-        super().__init__(message, retryAfter=retry_after)
-
-
-class PaymentRequired(PublicError):
-    code = "PAYMENT_REQUIRED"
-    default_message = "Your plan does not allow this."
-
-
-class UpstreamError(PublicError):
-    """The customer's LLM provider failed; the message says how, never with a secret."""
-
-    code = "UPSTREAM_ERROR"
-    default_message = "The LLM provider failed."
-
-
-class Conflict(PublicError):
-    code = "CONFLICT"
-    default_message = "This conflicts with the current state."
 
 
 SUGGESTION = re.compile(r"\s*Did you mean [^?]*\?")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from kindrobots.security.errors import BadUserInput
+from kindrobots.errors import BadUserInput
 
 MAX_ORIGINS = 50
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"

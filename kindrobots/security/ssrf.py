@@ -25,7 +25,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from kindrobots.security.errors import BadUserInput
+from kindrobots.errors import BadUserInput
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

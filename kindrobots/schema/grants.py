@@ -1,0 +1,26 @@
+"""What a field's permission establishes and hands to its resolver (``Info.grant``)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from kindrobots.auth.principals import UserActor, WidgetActor
+from kindrobots.db.enums import Role
+from kindrobots.resolvers.chat import ChatTarget
+
+
+@dataclass(frozen=True)
+class RoleGrant:
+    actor: UserActor
+    organization_id: uuid.UUID
+    role: Role
+
+
+@dataclass(frozen=True)
+class WidgetGrant:
+    actor: WidgetActor
+    target: ChatTarget
+
+
+Grant = RoleGrant | WidgetGrant | UserActor

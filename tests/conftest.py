@@ -295,6 +295,7 @@ async def set_tier(server: RunningServer, organization_id: str, tier: str) -> No
 class StatementCounter:
     def __init__(self) -> None:
         self.statements: list[str] = []
+        self.transactions = 0
 
     @property
     def count(self) -> int:
@@ -309,9 +310,14 @@ def count_statements(server: RunningServer) -> Iterator[StatementCounter]:
     def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         counter.statements.append(statement)
 
+    def begin(_conn: Any) -> None:
+        counter.transactions += 1
+
     engine = server.services.engine.sync_engine
     event.listen(engine, "before_cursor_execute", record)
+    event.listen(engine, "begin", begin)
     try:
         yield counter
     finally:
         event.remove(engine, "before_cursor_execute", record)
+        event.remove(engine, "begin", begin)

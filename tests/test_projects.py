@@ -326,6 +326,36 @@ async def test_switching_to_authenticated_needs_the_jwt_settings(
     assert back.data["updateProject"]["accessMode"] == "PUBLIC"
 
 
+async def test_null_clears_the_jwt_settings_and_omitted_keeps_them(
+    client: Client, server: RunningServer
+) -> None:
+    """One null rule for updates: an omitted field is unchanged, null clears a clearable one."""
+    account = await quick_account(server)
+    agent = await new_agent(client, account)
+    project = await new_project(client, account, agent["id"], **AUTHENTICATED)
+    renamed = await update_project(client, account, project["id"], name="Renamed")
+    assert renamed.errors == [], renamed.errors
+    assert renamed.data["updateProject"]["jwksUrl"] == JWKS_URL
+    # An AUTHENTICATED project cannot lose its JWT settings; a public one can.
+    refused = await update_project(client, account, project["id"], jwksUrl=None)
+    assert_bad_input(refused, "jwksUrl")
+    cleared = await update_project(
+        client,
+        account,
+        project["id"],
+        accessMode="PUBLIC",
+        jwksUrl=None,
+        jwtIssuer=None,
+        jwtAudience=None,
+    )
+    assert cleared.errors == [], cleared.errors
+    data = cleared.data["updateProject"]
+    assert (data["jwksUrl"], data["jwtIssuer"], data["jwtAudience"]) == (None, None, None)
+    assert data["name"] == "Renamed"
+    kept = await update_project(client, account, project["id"], name=None)
+    assert kept.errors == [] and kept.data["updateProject"]["name"] == "Renamed", kept.body
+
+
 class Listener:
     """A TCP port that records every connection made to it."""
 

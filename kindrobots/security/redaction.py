@@ -7,8 +7,13 @@ handlers added later such as pytest's. Records are rendered, cleaned and frozen:
 rendered into ``exc_text`` and redacted too.
 
 Patterns catch secrets by shape (keys, tokens, card numbers) or by the name next
-to them (``password=…``). Secrets without a shape, such as the password of the
-request being served, are registered per request with :func:`register_secret`.
+to them (``password=…``). The server's own opaque tokens (refresh and invitation
+tokens) have no prefix a pattern could find; the request that handles one registers it
+with :func:`register_secret`, which accepts nothing but that shape. Values without a
+shape, such as passwords, are never registered: whatever the caller sends would be
+scrubbed from every later line of the request (a password of ``127.0.0.1`` would hide
+the caller's address from the access log). They are kept out of logs instead: nothing
+logs them, and ``password=…`` style labels are redacted by pattern.
 """
 
 from __future__ import annotations
@@ -75,12 +80,19 @@ _request_secrets: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVa
     "request_secrets", default=frozenset()
 )
 
-MIN_REGISTERED_LENGTH = 4
+# kindrobots.auth.tokens.new_opaque_token: secrets.token_urlsafe(32), 43 characters.
+_OPAQUE_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 def register_secret(value: str | None) -> None:
-    """Redact ``value`` from every record logged later in this context (request, task)."""
-    if value and len(value) >= MIN_REGISTERED_LENGTH:
+    """Redact ``value`` from every record logged later in this context (request, task).
+
+    Only a value shaped like a server-generated opaque token is taken; anything else is
+    ignored, because the caller chooses it: redaction must never let a caller remove
+    their own address, a path or any other ordinary text from the log. Keys with a
+    known shape (``sk-…``, ``pk_live_…``, JWTs) are redacted by pattern anyway.
+    """
+    if value and _OPAQUE_TOKEN.fullmatch(value):
         _request_secrets.set(_request_secrets.get() | {value})
 
 

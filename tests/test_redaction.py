@@ -170,9 +170,9 @@ def test_registered_server_token_without_a_label() -> None:
     assert after == f"the user typed {REDACTED} twice"
 
 
-def test_only_values_shaped_like_server_tokens_are_registered() -> None:
-    """Anything else is the caller's choice: registering it would let a caller scrub any
-    text (their own address, a path) from the request's log lines."""
+def test_caller_chosen_values_never_leave_messages() -> None:
+    """Only server-token shapes are redacted from messages: anything else is the caller's
+    choice, and would let a caller scrub any text (their own address) from the log."""
     ordinary = ["abc", "127.0.0.1", "correct horse battery", "GET /graphql", "x" * 42, "y" * 44]
     line = " ".join(ordinary)
 
@@ -182,6 +182,21 @@ def test_only_values_shaped_like_server_tokens_are_registered() -> None:
         return redact(line)
 
     assert contextvars.copy_context().run(run) == line
+
+
+def test_caller_chosen_values_are_redacted_from_exception_text() -> None:
+    password = f"correct horse {token()}"
+
+    def run() -> tuple[str, str, str]:
+        register_secret(password)
+        register_secret("short")
+        text = f"RuntimeError: could not hash {password} (short)"
+        return redact(text), redact(text, exception=True), redact("short", exception=True)
+
+    message, exception, short = contextvars.copy_context().run(run)
+    assert password in message
+    assert exception == f"RuntimeError: could not hash {REDACTED} (short)"
+    assert short == "short"
 
 
 async def test_registered_secrets_stay_in_their_own_task() -> None:

@@ -453,9 +453,7 @@ async def test_batches_are_refused_by_default(
     assert status == 400, body
     # A request error: JSON in the error shape, never text/plain (API.md, Errors).
     assert body == {
-        "errors": [
-            {"message": "Batching is not enabled", "extensions": {"code": "BAD_REQUEST"}}
-        ]
+        "errors": [{"message": "Batching is not enabled", "extensions": {"code": "BAD_REQUEST"}}]
     }
 
 

@@ -8,7 +8,7 @@ import weakref
 from datetime import timedelta
 from typing import Any
 
-from aiohttp import WSCloseCode, web
+from aiohttp import WSCloseCode, web, web_response
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
@@ -41,6 +41,11 @@ from kindrobots.security.transport import setup_transport, ssl_context_for
 from kindrobots.widget import add_widget_routes
 
 logger = logging.getLogger("kindrobots.server")
+
+# aiohttp names itself and Python, with versions, in a `Server` header. Routed responses
+# lose the header (`_response_headers`); the few aiohttp answers before any routing (a
+# malformed request line, headers too long) say this instead.
+setattr(web_response, "SERVER_SOFTWARE", "kindrobots")  # noqa: B010 (not exported)
 
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)

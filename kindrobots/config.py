@@ -241,6 +241,10 @@ class Settings(BaseSettings):
             problems.append(
                 "KR_DATABASE_SSL must be require, verify-ca or verify-full in production"
             )
+        if self.redis_url and not _redis_encrypted_or_local(self.redis_url):
+            problems.append(
+                "KR_REDIS_URL must use rediss:// (TLS) in production unless Redis is on loopback"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -272,6 +276,28 @@ class Settings(BaseSettings):
         """Browsers refuse Secure cookies on plain http, so only local development drops it."""
         local = urlsplit(self.public_url).hostname in ("localhost", "127.0.0.1")
         return self.is_production or not (self.public_url.startswith("http://") and local)
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _redis_encrypted_or_local(url: str) -> bool:
+    """``rediss://``, a Unix socket, or plain ``redis://`` to this machine only."""
+    if url.startswith(("rediss://", "unix://")):
+        return True
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return False
+    return _is_loopback(host)
 
 
 def _env_name(loc: tuple[int | str, ...]) -> str:

@@ -9,15 +9,18 @@ import weakref
 from datetime import timedelta
 from typing import Any
 
-from aiohttp import WSCloseCode, web
+from aiohttp import WSCloseCode, web, web_response
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.typedefs import Handler
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from strawberry.aiohttp.views import GraphQLView
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
+from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.types import ExecutionResult
+from strawberry.types.graphql import OperationType
 
 from kindrobots.auth.principals import UserActor, WidgetActor
 from kindrobots.auth.tokens import TokenSigner
@@ -41,15 +44,32 @@ from kindrobots.widget import add_widget_routes
 
 logger = logging.getLogger("kindrobots.server")
 
+# aiohttp names itself and Python, with versions, in a `Server` header. Routed responses
+# lose the header (`_response_headers`); the few aiohttp answers before any routing (a
+# malformed request line, headers too long) say this instead.
+setattr(web_response, "SERVER_SOFTWARE", "kindrobots")  # noqa: B010 (not exported)
+
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
 WEBSOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey(
     "websockets", weakref.WeakSet
 )
 CSRF_HEADERS = ("X-Requested-With", "Apollo-Require-Preflight")
+# Apollo Server's CSRF prevention: a GET is safe when it cannot be a simple request, i.e.
+# it carries one of these headers (non-empty) or a content type a form cannot send.
+GET_PREFLIGHT_HEADERS = ("Apollo-Require-Preflight", "X-Apollo-Operation-Name")
+SIMPLE_CONTENT_TYPES = frozenset(
+    ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
+)
+SESSION_COOKIES = ("kr_access", "kr_refresh")
+GRAPHQL_PATH = "/graphql"
+# The code of request errors (bad JSON, no query, wrong method, body too large, batching
+# off): API.md's list has no code for a request that never became an operation.
+BAD_REQUEST = "BAD_REQUEST"
 CONNECTION: web.RequestKey[Slot] = web.RequestKey("connection_slot", Slot)
 DOCUMENT_TOO_LARGE: web.RequestKey[bool] = web.RequestKey("document_too_large", bool)
 REQUEST_ERROR: web.RequestKey[bool] = web.RequestKey("graphql_request_error", bool)
+MUTATION_OVER_GET: web.RequestKey[bool] = web.RequestKey("graphql_mutation_over_get", bool)
 RETRY_AFTER: web.RequestKey[int] = web.RequestKey("graphql_retry_after", int)
 
 
@@ -66,6 +86,62 @@ def _csrf_safe(request: web.Request) -> bool:
     if request.content_type == "application/json":
         return True
     return any(request.headers.get(name, "").strip() for name in CSRF_HEADERS)
+
+
+def _get_csrf_safe(request: web.Request) -> bool:
+    """A cookie-carrying GET must be one that a cross-site page cannot trigger."""
+    if not any(request.cookies.get(name) for name in SESSION_COOKIES):
+        return True
+    if any(request.headers.get(name, "").strip() for name in GET_PREFLIGHT_HEADERS):
+        return True
+    content_type = request.headers.get("Content-Type")
+    if content_type is None:
+        return False
+    return content_type.split(";", 1)[0].strip().lower() not in SIMPLE_CONTENT_TYPES
+
+
+def _error_code(status: int) -> str:
+    return {403: "FORBIDDEN", 404: "NOT_FOUND"}.get(status, BAD_REQUEST)
+
+
+def request_error(
+    status: int, message: str, *, code: str | None = None, headers: dict[str, str] | None = None
+) -> web.Response:
+    """API.md, Errors: a request error is JSON in the error shape, with a 4xx status."""
+    return web.json_response(
+        {"errors": [{"message": message, "extensions": {"code": code or _error_code(status)}}]},
+        status=status,
+        headers=headers,
+    )
+
+
+def _aiohttp_error_message(error: web.HTTPException) -> str:
+    if isinstance(error, web.HTTPRequestEntityTooLarge):
+        return "The request body is too large."
+    if isinstance(error, web.HTTPMethodNotAllowed):
+        return "GraphQL over HTTP takes GET (queries) and POST only."
+    return error.reason
+
+
+@web.middleware
+async def graphql_request_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own refusals on /graphql (413 past ``client_max_size``, 405 for another
+    method) are request errors too: JSON, never ``text/plain``."""
+    try:
+        return await handler(request)
+    except web.HTTPException as error:
+        if request.path != GRAPHQL_PATH or error.status < 400:
+            raise
+        headers = {"Allow": error.headers["Allow"]} if "Allow" in error.headers else None
+        return request_error(error.status, _aiohttp_error_message(error), headers=headers)
+
+
+async def _response_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """No ``Server`` header naming aiohttp and Python versions, on any response; GraphQL
+    answers are per caller and never cached."""
+    response.headers.popall("Server", None)
+    if request.path == GRAPHQL_PATH and not isinstance(response, web.WebSocketResponse):
+        response.headers.setdefault("Cache-Control", "no-store")
 
 
 def _apply_cookies(response: web.StreamResponse, settings: Settings, cookies: list[Cookie]) -> None:
@@ -231,7 +307,11 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
 
     def parse_json(self, data: str | bytes) -> object:
         """A body that is JSON but neither an object nor a batch is the client's mistake."""
-        parsed = super().parse_json(data)
+        try:
+            parsed = super().parse_json(data)
+        except RecursionError:
+            # `[[[[…` nested past the interpreter's limit: still the client's mistake.
+            raise HTTPException(400, "The request body is nested too deeply.") from None
         if not isinstance(parsed, dict | list):
             raise HTTPException(400, "The request body must be a JSON object.")
         return parsed
@@ -251,11 +331,39 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
                 raw[DOCUMENT_TOO_LARGE] = True
         return data
 
+    async def execute_single(
+        self,
+        request: web.Request,
+        request_adapter: AsyncHTTPRequestAdapter,
+        sub_response: web.Response,
+        context: RequestContext,
+        root_value: None,
+        request_data: GraphQLRequestData,
+    ) -> ExecutionResult:
+        try:
+            return await super().execute_single(
+                request, request_adapter, sub_response, context, root_value, request_data
+            )
+        except HTTPException as error:
+            cause = error.__cause__
+            if (
+                isinstance(cause, InvalidOperationTypeError)
+                and cause.operation_type == OperationType.MUTATION
+                and request_adapter.method == "GET"
+            ):
+                # API.md: a mutation over GET is 405 with Allow: POST.
+                request[MUTATION_OVER_GET] = True
+                raise HTTPException(405, "Mutations are only accepted over POST.") from cause
+            raise
+
     async def process_result(
         self, request: web.Request, result: ExecutionResult
     ) -> GraphQLHTTPResponse:
         # A result without data whose errors have no path never executed: a request error.
-        if result.data is None and all(not error.path for error in result.errors or ()):
+        never_executed = result.data is None and all(
+            not error.path for error in result.errors or ()
+        )
+        if never_executed:
             request[REQUEST_ERROR] = True
         # API.md, Errors: RATE_LIMITED over HTTP is also status 429 with a Retry-After header
         # -- when nothing else was done: a reply whose other fields ran must reach the client.
@@ -266,12 +374,35 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
             extensions = error.extensions or {}
             if extensions.get("code") == "RATE_LIMITED":
                 request[RETRY_AFTER] = int(extensions.get("retryAfter") or 1)
-        return await super().process_result(request, result)
+        processed = await super().process_result(request, result)
+        if never_executed and GRAPHQL_RESPONSE_JSON in request.headers.get("Accept", ""):
+            # GraphQL over HTTP: a document that fails to parse or validate has no `data`.
+            processed.pop("data", None)
+        return processed
+
+    async def _http(self, request: web.Request) -> web.StreamResponse:
+        """Strawberry's request errors (HTTPException) answered as JSON, never text/plain."""
+        if (
+            self.services.settings.is_production
+            and request.method == "GET"
+            and not _get_csrf_safe(request)
+        ):
+            return request_error(
+                403,
+                "Cookie-authenticated GET requests need an Apollo-Require-Preflight or "
+                "X-Apollo-Operation-Name header, or a non-simple Content-Type.",
+            )
+        try:
+            return await self.run(request=request)
+        except HTTPException as error:
+            if request.get(MUTATION_OVER_GET):
+                return request_error(405, error.reason, headers={"Allow": "POST"})
+            return request_error(error.status_code, error.reason)
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         if self.is_websocket_request(request):
             return await self._websocket(request)
-        response = await super().__call__(request)
+        response = await self._http(request)
         if (
             isinstance(response, web.Response)
             and response.content_type == "application/json"
@@ -411,6 +542,8 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
     # Both go in front of any other middleware: the HTTPS redirect first, then CORS.
     setup_cors(app, CorsPolicy(settings.dashboard_origins, project_origins(services.sessionmaker)))
     setup_transport(app, settings)
+    app.middlewares.append(graphql_request_errors)  # innermost: CORS still sees the answer
+    app.on_response_prepare.append(_response_headers)
     app.on_shutdown.append(_close_websockets)
     app.on_cleanup.append(_close_services)
     return app

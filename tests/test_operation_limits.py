@@ -451,7 +451,10 @@ async def test_batches_are_refused_by_default(
     batch = [{"query": "{ plans { tier } }"}, {"query": "{ __typename }"}]
     status, body = await post(http, server, batch)
     assert status == 400, body
-    assert body == "Batching is not enabled"
+    # A request error: JSON in the error shape, never text/plain (API.md, Errors).
+    assert body == {
+        "errors": [{"message": "Batching is not enabled", "extensions": {"code": "BAD_REQUEST"}}]
+    }
 
 
 async def test_batches_when_enabled(strict: RunningServer, http: aiohttp.ClientSession) -> None:

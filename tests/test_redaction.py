@@ -16,6 +16,7 @@ from typing import Literal
 
 import pytest
 
+from kindrobots.auth.tokens import new_opaque_token
 from kindrobots.config import Settings
 from kindrobots.logs import configure_logging
 from kindrobots.security import redaction
@@ -156,8 +157,8 @@ def test_redaction_is_idempotent() -> None:
     assert "]]" not in once
 
 
-def test_registered_secret_without_a_label_or_shape() -> None:
-    secret = f"correct horse {token()}"
+def test_registered_server_token_without_a_label() -> None:
+    secret = new_opaque_token()
 
     def run() -> tuple[str, str]:
         before = redact(f"the user typed {secret} twice")
@@ -169,19 +170,38 @@ def test_registered_secret_without_a_label_or_shape() -> None:
     assert after == f"the user typed {REDACTED} twice"
 
 
-def test_registered_secret_shorter_than_four_characters_is_ignored() -> None:
-    def run() -> str:
-        register_secret("abc")
-        register_secret(None)
-        register_secret("")
-        return redact("abc abcabc")
+def test_caller_chosen_values_never_leave_messages() -> None:
+    """Only server-token shapes are redacted from messages: anything else is the caller's
+    choice, and would let a caller scrub any text (their own address) from the log."""
+    ordinary = ["abc", "127.0.0.1", "correct horse battery", "GET /graphql", "x" * 42, "y" * 44]
+    line = " ".join(ordinary)
 
-    assert contextvars.copy_context().run(run) == "abc abcabc"
+    def run() -> str:
+        for value in [*ordinary, None, ""]:
+            register_secret(value)
+        return redact(line)
+
+    assert contextvars.copy_context().run(run) == line
+
+
+def test_caller_chosen_values_are_redacted_from_exception_text() -> None:
+    password = f"correct horse {token()}"
+
+    def run() -> tuple[str, str, str]:
+        register_secret(password)
+        register_secret("short")
+        text = f"RuntimeError: could not hash {password} (short)"
+        return redact(text), redact(text, exception=True), redact("short", exception=True)
+
+    message, exception, short = contextvars.copy_context().run(run)
+    assert password in message
+    assert exception == f"RuntimeError: could not hash {REDACTED} (short)"
+    assert short == "short"
 
 
 async def test_registered_secrets_stay_in_their_own_task() -> None:
     """A secret of one request is redacted in that request, and only there."""
-    mine, theirs = token("mine-"), token("theirs-")
+    mine, theirs = new_opaque_token(), new_opaque_token()
     registered = asyncio.Event()
     checked = asyncio.Event()
 

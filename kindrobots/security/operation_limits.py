@@ -9,6 +9,11 @@ itself would raise (no ``original_error``): the client sees ``GRAPHQL_VALIDATION
 - introspection (``__schema``, ``__type``) per ``KR_INTROSPECTION``; ``__typename`` is
   always allowed, and graphql-core's recommended introspection depth rule always applies.
 
+A directive repeated on one location (``__typename @aa @aa @aa …``) counts once per
+repetition against the directive limit, and is one error, not one per repetition:
+graphql-core's rules about directives (unknown, not unique, wrong or missing arguments)
+report each distinct message once per document (:func:`once_per_message`).
+
 Cost is the number of objects an operation may return: every field whose value is an
 object counts once, times the number of items of each list around it. A field with a
 ``first`` argument (a connection) is weighed by that argument, its default when not
@@ -51,7 +56,16 @@ from graphql import (
     get_named_type,
     value_from_ast_untyped,
 )
-from graphql.validation import MaxIntrospectionDepthRule, NoSchemaIntrospectionCustomRule
+from graphql.validation import (
+    KnownArgumentNamesRule,
+    KnownDirectivesRule,
+    MaxIntrospectionDepthRule,
+    NoSchemaIntrospectionCustomRule,
+    ProvidedRequiredArgumentsRule,
+    UniqueArgumentNamesRule,
+    UniqueDirectivesPerLocationRule,
+    ValidationContext,
+)
 from strawberry.extensions import MaxTokensLimiter
 
 from kindrobots.db.pagination import MAX_PAGE
@@ -294,6 +308,38 @@ def limits_rule(limits: OperationLimits, variables: dict[str, Any]) -> type[ASTV
     return OperationLimitsRule
 
 
+def once_per_message(rule: type[ASTValidationRule]) -> type[ASTValidationRule]:
+    """``rule``, reporting each distinct message once: a directive repeated a thousand
+    times is one mistake, and one error line, not a thousand."""
+
+    class OncePerMessage(rule):  # type: ignore[valid-type,misc]
+        def __init__(self, context: ValidationContext) -> None:
+            super().__init__(context)
+            self.reported: set[str] = set()
+
+        def report_error(self, error: GraphQLError) -> None:
+            if error.message not in self.reported:
+                self.reported.add(error.message)
+                super().report_error(error)
+
+    OncePerMessage.__name__ = OncePerMessage.__qualname__ = f"Once{rule.__name__}"
+    return OncePerMessage
+
+
+# The rules that report once per directive (or per argument of one): repetitions of a
+# directive on one location would each add an error.
+_DIRECTIVE_RULES: dict[type[ASTValidationRule], type[ASTValidationRule]] = {
+    rule: once_per_message(rule)
+    for rule in (
+        KnownDirectivesRule,
+        UniqueDirectivesPerLocationRule,
+        ProvidedRequiredArgumentsRule,
+        KnownArgumentNamesRule,
+        UniqueArgumentNamesRule,
+    )
+}
+
+
 def requests_introspection(document: DocumentNode) -> bool:
     """Whether any selection in the document is ``__schema`` or ``__type``."""
     stack: list[SelectionSetNode] = [
@@ -345,7 +391,8 @@ class OperationLimitsExtension(MaxTokensLimiter):
         ]
         if await self._refuse_introspection():
             rules.append(NoSchemaIntrospectionCustomRule)
-        context.validation_rules = (*context.validation_rules, *rules)
+        specified = tuple(_DIRECTIVE_RULES.get(rule, rule) for rule in context.validation_rules)
+        context.validation_rules = (*specified, *rules)
         yield
 
     async def _refuse_introspection(self) -> bool:

@@ -7,8 +7,16 @@ handlers added later such as pytest's. Records are rendered, cleaned and frozen:
 rendered into ``exc_text`` and redacted too.
 
 Patterns catch secrets by shape (keys, tokens, card numbers) or by the name next
-to them (``password=…``). Secrets without a shape, such as the password of the
-request being served, are registered per request with :func:`register_secret`.
+to them (``password=…``). Secrets without either, registered by the request that
+handles them with :func:`register_secret`, are redacted by where they can be trusted:
+
+* a value shaped like the server's own opaque tokens (refresh and invitation tokens)
+  from every line of the request;
+* anything else (a password, an API key of no known shape) is the caller's choice, so
+  it is redacted from exception and stack text only, where it may surface as an
+  argument, never from messages: a password of ``127.0.0.1`` must not scrub the
+  caller's address from the access log. Nothing logs these values in a message, and
+  ``password=…`` style labels are redacted by pattern.
 """
 
 from __future__ import annotations
@@ -71,17 +79,36 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 
 _CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
 
+# Server-generated secrets: redacted from every line of the request.
 _request_secrets: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
     "request_secrets", default=frozenset()
 )
+# Caller-chosen secrets: redacted from exception and stack text only.
+_exception_secrets: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
+    "exception_secrets", default=frozenset()
+)
 
-MIN_REGISTERED_LENGTH = 4
+# kindrobots.auth.tokens.new_opaque_token: secrets.token_urlsafe(32), 43 characters.
+_OPAQUE_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
+# Shorter caller values are too likely to be ordinary words of a traceback.
+MIN_EXCEPTION_SECRET = 8  # resolvers.validation.MIN_PASSWORD
 
 
 def register_secret(value: str | None) -> None:
-    """Redact ``value`` from every record logged later in this context (request, task)."""
-    if value and len(value) >= MIN_REGISTERED_LENGTH:
+    """Redact ``value`` from records logged later in this context (request, task).
+
+    A value shaped like a server-generated opaque token is redacted from every line.
+    Any other value is the caller's choice: it is redacted from exception and stack
+    text only, so no caller can remove their own address, a path or any other ordinary
+    text from a message such as the access log's. Keys with a known shape (``sk-…``,
+    ``pk_live_…``, JWTs) are redacted everywhere by pattern anyway.
+    """
+    if not value:
+        return
+    if _OPAQUE_TOKEN.fullmatch(value):
         _request_secrets.set(_request_secrets.get() | {value})
+    elif len(value) >= MIN_EXCEPTION_SECRET:
+        _exception_secrets.set(_exception_secrets.get() | {value})
 
 
 def _luhn(digits: str) -> bool:
@@ -99,9 +126,13 @@ def _card(match: re.Match[str]) -> str:
     return REDACTED if 13 <= len(digits) <= 19 and _luhn(digits) else match.group(0)
 
 
-def redact(text: str) -> str:
-    """Remove every secret this module can recognise from ``text``."""
-    for secret in sorted(_request_secrets.get(), key=len, reverse=True):
+def redact(text: str, *, exception: bool = False) -> str:
+    """Remove every secret this module can recognise from ``text``; ``exception`` for
+    traceback and stack text, which also loses the caller's registered values."""
+    secrets = _request_secrets.get()
+    if exception:
+        secrets = secrets | _exception_secrets.get()
+    for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, REDACTED)
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
@@ -117,12 +148,14 @@ def redact_record(record: logging.LogRecord) -> logging.LogRecord:
     record.args = ()
     if record.exc_info:
         if record.exc_info[1] is not None:
-            record.exc_text = redact("".join(traceback.format_exception(*record.exc_info)))
+            record.exc_text = redact(
+                "".join(traceback.format_exception(*record.exc_info)), exception=True
+            )
         record.exc_info = None
     elif record.exc_text:
-        record.exc_text = redact(record.exc_text)
+        record.exc_text = redact(record.exc_text, exception=True)
     if record.stack_info:
-        record.stack_info = redact(record.stack_info)
+        record.stack_info = redact(record.stack_info, exception=True)
     return record
 
 

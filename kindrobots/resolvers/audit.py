@@ -34,6 +34,8 @@ async def record(
     target_type, target_id = target
     event = AuditEvent(
         organization_id=organization_id,
+        actor_kind="user" if actor_id else "system",
+        actor=str(actor_id) if actor_id else "system",
         actor_id=actor_id,
         action=action,
         target_type=target_type,
@@ -42,7 +44,7 @@ async def record(
         ip=ctx.ip,
         created_at=ctx.now(),
     )
-    return await audit_chain.append(session, event)
+    return await audit_chain.append(session, event, ctx.settings.audit_key)
 
 
 async def list_events(
@@ -62,5 +64,6 @@ async def get_event(ctx: RequestContext, event_id: uuid.UUID) -> AuditEvent:
     """By ID for ``node``: ADMIN of the event's organization, NOT_FOUND for outsiders."""
     async with ctx.services.read() as session:
         event = await scoped_get(session, ctx, AuditEvent, event_id)
+    assert event.organization_id is not None  # scoped_get: the caller's organizations only
     await require_role(ctx, event.organization_id, Role.ADMIN)
     return event

@@ -141,6 +141,11 @@ class _Walk:
 async def verify(session: AsyncSession, key: bytes, batch: int = 1000) -> ChainReport:
     """Walk every chain; report the first broken link of each, or its head's fault."""
     report = ChainReport()
+    if session.get_bind().dialect.name == "postgresql" and not session.in_transaction():
+        # Heads and events from one snapshot: an append committing between the two
+        # reads would otherwise look like a head out of step with its chain. (SQLite's
+        # transaction is a snapshot already.)
+        await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
     heads = {head.chain_id: head for head in await session.scalars(select(AuditHead))}
     walked: set[uuid.UUID] = set()
     walk: _Walk | None = None

@@ -10,7 +10,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from kindrobots.config import ConfigError, Settings, format_keys, generate_key, load_settings
+from kindrobots.config import (
+    ConfigError,
+    Settings,
+    format_keys,
+    generate_audit_key,
+    generate_key,
+    load_settings,
+)
 
 if TYPE_CHECKING:
     from kindrobots.context import Services
@@ -23,7 +30,7 @@ def _migrate(settings: Settings) -> None:
     async def run() -> None:
         engine = create_engine(settings)
         try:
-            await upgrade(engine)
+            await upgrade(engine, audit_key=settings.audit_key)
         finally:
             await engine.dispose()
 
@@ -47,14 +54,21 @@ def _audit_verify(settings: Settings) -> int:
         engine = create_engine(settings)
         try:
             async with create_sessionmaker(engine)() as session:
-                report = await verify(session)
+                report = await verify(session, settings.audit_key)
         finally:
             await engine.dispose()
         for link in report.broken:
-            sys.stdout.write(
-                f"BROKEN organization {link.organization_id} at event {link.sequence} "
-                f"({link.event_id}): {link.reason}\n"
+            chain = (
+                "platform"
+                if link.organization_id is None
+                else f"organization {link.organization_id}"
             )
+            where = (
+                f"event {link.sequence} ({link.event_id})"
+                if link.event_id is not None
+                else f"head (sequence {link.sequence})"
+            )
+            sys.stdout.write(f"BROKEN {chain} at {where}: {link.reason}\n")
         state = "intact" if not report.broken else f"{len(report.broken)} broken chain(s)"
         sys.stdout.write(f"audit log: {report.checked} events checked, {state}\n")
         return 1 if report.broken else 0
@@ -118,6 +132,7 @@ def _schema() -> None:
 def _keys_generate() -> None:
     sys.stdout.write(f"KR_ENCRYPTION_KEYS={format_keys((generate_key('enc'),))}\n")
     sys.stdout.write(f"KR_SIGNING_KEYS={format_keys((generate_key('sig'),))}\n")
+    sys.stdout.write(f"KR_AUDIT_KEY={generate_audit_key()}\n")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -128,14 +143,16 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser("schema", help="print the GraphQL schema (SDL)")
     keys = commands.add_parser("keys", help="key management")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
-    key_commands.add_parser("generate", help="print fresh KR_ENCRYPTION_KEYS and KR_SIGNING_KEYS")
+    key_commands.add_parser(
+        "generate", help="print fresh KR_ENCRYPTION_KEYS, KR_SIGNING_KEYS and KR_AUDIT_KEY"
+    )
     rotate = key_commands.add_parser(
         "rotate", help="re-encrypt every stored secret under the first KR_ENCRYPTION_KEYS key"
     )
     rotate.add_argument("--batch-size", type=int, default=100)
     audit = commands.add_parser("audit", help="audit log tools")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
-    audit_commands.add_parser("verify", help="check every organization's audit hash chain")
+    audit_commands.add_parser("verify", help="check every audit hash chain and its sealed head")
     return root
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
 import ipaddress
 import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -71,6 +72,30 @@ def parse_keys(value: str) -> tuple[Key, ...]:
     return tuple(keys)
 
 
+def _b64decode(encoded: str) -> bytes:
+    """Standard or URL-safe base64, padding optional; stray characters are refused."""
+    padded = encoded + "=" * (-len(encoded) % 4)
+    try:
+        return base64.b64decode(padded, validate=True)
+    except (binascii.Error, ValueError):
+        return base64.b64decode(padded, altchars=b"-_", validate=True)
+
+
+def parse_audit_key(value: str) -> bytes:
+    """``KR_AUDIT_KEY``: base64 of at least 32 bytes (messages never quote the value)."""
+    try:
+        material = _b64decode(value.strip())
+    except (binascii.Error, ValueError):
+        raise ValueError("must be valid base64") from None
+    if len(material) < KEY_BYTES:
+        raise ValueError(f"must decode to at least {KEY_BYTES} bytes")
+    return material
+
+
+def generate_audit_key() -> str:
+    return base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode()
+
+
 def format_keys(keys: tuple[Key, ...]) -> str:
     return ",".join(f"{k.kid}:{base64.b64encode(k.material).decode()}" for k in keys)
 
@@ -107,6 +132,8 @@ class Settings(BaseSettings):
     public_url: str = "http://localhost:8000"
     encryption_keys: Annotated[tuple[Key, ...], NoDecode] = ()
     signing_keys: Annotated[tuple[Key, ...], NoDecode] = ()
+    # HMAC key sealing the audit chain heads; b"" until load_settings fills it.
+    audit_key: bytes = Field(default=b"", repr=False)
     dashboard_origins: CommaList = ("http://localhost:3000",)
     trusted_proxies: Annotated[
         tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...], NoDecode
@@ -157,6 +184,15 @@ class Settings(BaseSettings):
     def _keys(cls, value: object) -> object:
         if isinstance(value, str):
             return parse_keys(value) if value.strip() else ()
+        return value
+
+    @field_validator("audit_key", mode="before")
+    @classmethod
+    def _audit_key(cls, value: object) -> object:
+        if isinstance(value, str):
+            return parse_audit_key(value) if value.strip() else b""
+        if isinstance(value, bytes) and value and len(value) < KEY_BYTES:
+            raise ValueError(f"must decode to at least {KEY_BYTES} bytes")
         return value
 
     @field_validator("dashboard_origins", "outbound_allow", mode="before")
@@ -233,6 +269,8 @@ class Settings(BaseSettings):
             problems.append("KR_ENCRYPTION_KEYS must be set in production")
         if not self.signing_keys:
             problems.append("KR_SIGNING_KEYS must be set in production")
+        if not self.audit_key:
+            problems.append("KR_AUDIT_KEY must be set in production")
         if not self.database_url.startswith("postgresql+asyncpg://"):
             problems.append("KR_DATABASE_URL must be a PostgreSQL URL in production")
         if not self.public_url.startswith("https://"):
@@ -318,16 +356,15 @@ def load_settings(**overrides: object) -> Settings:
     update: dict[str, object] = {}
     if not settings.database_url:
         update["database_url"] = f"sqlite+aiosqlite:///{settings.data_dir / 'kindrobots.db'}"
-    if not settings.encryption_keys or not settings.signing_keys:
+    if not settings.encryption_keys or not settings.signing_keys or not settings.audit_key:
         stored = _development_keys(settings.data_dir)
-        if not settings.encryption_keys:
-            update["encryption_keys"] = stored["encryption_keys"]
-        if not settings.signing_keys:
-            update["signing_keys"] = stored["signing_keys"]
+        for name in ("encryption_keys", "signing_keys", "audit_key"):
+            if not getattr(settings, name):
+                update[name] = stored[name]
     return settings.model_copy(update=update) if update else settings
 
 
-def _development_keys(data_dir: Path) -> dict[str, tuple[Key, ...]]:
+def _development_keys(data_dir: Path) -> dict[str, Any]:
     """Keys for the embedded default, generated once and kept beside the database."""
     path = data_dir / DEV_KEYS_FILE
     if not path.exists():
@@ -335,6 +372,7 @@ def _development_keys(data_dir: Path) -> dict[str, tuple[Key, ...]]:
         content = (
             f"KR_ENCRYPTION_KEYS={format_keys((generate_key('enc'),))}\n"
             f"KR_SIGNING_KEYS={format_keys((generate_key('sig'),))}\n"
+            f"KR_AUDIT_KEY={generate_audit_key()}\n"
         )
         # Written aside, then linked into place: a process starting at the same moment
         # either wins or reads the winner's complete file, never half of one.
@@ -348,11 +386,36 @@ def _development_keys(data_dir: Path) -> dict[str, tuple[Key, ...]]:
             pass
         finally:
             staging.unlink()
-    values = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    values = _read_keys_file(path)
+    if "KR_AUDIT_KEY" not in values:
+        values = _add_audit_key(path)
     try:
         return {
             "encryption_keys": parse_keys(values["KR_ENCRYPTION_KEYS"]),
             "signing_keys": parse_keys(values["KR_SIGNING_KEYS"]),
+            "audit_key": parse_audit_key(values["KR_AUDIT_KEY"]),
         }
     except (KeyError, ValueError) as exc:
         raise ConfigError(f"{path} is damaged; delete it to generate new keys") from exc
+
+
+def _read_keys_file(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+
+
+def _add_audit_key(path: Path) -> dict[str, str]:
+    """A key file from before KR_AUDIT_KEY: append one, under a lock, so two processes
+    starting together agree on a single key (the file keeps its 0600 mode)."""
+    with path.open("a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            handle.seek(0)
+            text = handle.read()
+            if not any(line.startswith("KR_AUDIT_KEY=") for line in text.splitlines()):
+                separator = "" if not text or text.endswith("\n") else "\n"
+                handle.write(f"{separator}KR_AUDIT_KEY={generate_audit_key()}\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    return _read_keys_file(path)

@@ -37,6 +37,8 @@ class Services:
     settings: Settings
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
+    # Write transactions (``write()``): on SQLite they take the write lock at BEGIN.
+    writer: async_sessionmaker[AsyncSession]
     signer: TokenSigner
     keyring: KeyRing
     broker: Broker
@@ -53,7 +55,7 @@ class Services:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
         """One transaction: the change and its audit event commit together or not at all."""
-        async with self.sessionmaker() as session, session.begin():
+        async with self.writer() as session, session.begin():
             yield session
 
 

@@ -494,6 +494,7 @@ def create_services(settings: Settings) -> Services:
         settings=settings,
         engine=engine,
         sessionmaker=create_sessionmaker(engine),
+        writer=create_sessionmaker(engine, write=True, audit_key=settings.audit_key),
         signer=TokenSigner(
             settings.signing_keys,
             issuer=settings.public_url,

@@ -27,7 +27,13 @@ from sqlalchemy import event, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from kindrobots.config import Settings, format_keys, generate_key, load_settings
+from kindrobots.config import (
+    Settings,
+    format_keys,
+    generate_audit_key,
+    generate_key,
+    load_settings,
+)
 from kindrobots.context import Services
 from kindrobots.db.migrate import upgrade
 from kindrobots.db.models import Organization
@@ -93,6 +99,7 @@ def make_settings(tmp: Path, backend: str, **overrides: Any) -> Settings:
         "public_url": "http://localhost:8000",
         "signing_keys": format_keys((generate_key("sig"),)),
         "encryption_keys": format_keys((generate_key("enc"),)),
+        "audit_key": generate_audit_key(),
         "log_format": "text",
         # Suites sign up hundreds of users from 127.0.0.1; limits have their own servers.
         "rate_limits": False,
@@ -187,7 +194,7 @@ class RunningServer:
 async def start_server(settings: Settings) -> tuple[web.AppRunner, RunningServer]:
     app = create_app(settings)
     services = app[SERVICES]
-    await upgrade(services.engine)
+    await upgrade(services.engine, audit_key=settings.audit_key)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

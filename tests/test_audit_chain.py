@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
@@ -52,7 +53,7 @@ async def _organization_with_events(client: Client, server: RunningServer) -> st
 async def _broken(server: RunningServer, organization_id: str) -> list[tuple[int, str]]:
     raw = from_global_id(organization_id, "Organization")
     async with server.services.read() as session:
-        report = await verify(session)
+        report = await verify(session, server.settings.audit_key)
     return [(link.sequence, link.reason) for link in report.broken if link.organization_id == raw]
 
 
@@ -109,7 +110,11 @@ async def test_cli_verify_reports_the_first_broken_link(
     finally:
         await runner.cleanup()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KR_")}
-    env.update(KR_DATABASE_URL=settings.database_url, KR_DATA_DIR=str(tmp_path))
+    env.update(
+        KR_DATABASE_URL=settings.database_url,
+        KR_DATA_DIR=str(tmp_path),
+        KR_AUDIT_KEY=base64.b64encode(settings.audit_key).decode(),
+    )
 
     def run() -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import os
@@ -63,11 +64,13 @@ def test_keys_generate_prints_loadable_fresh_keys(
         assert [line.split("=", 1)[0] for line in lines] == [
             "KR_ENCRYPTION_KEYS",
             "KR_SIGNING_KEYS",
+            "KR_AUDIT_KEY",
         ]
         parsed.append(dict(line.split("=", 1) for line in lines))
     assert parsed[0]["KR_SIGNING_KEYS"] != parsed[1]["KR_SIGNING_KEYS"]
     assert parsed[0]["KR_ENCRYPTION_KEYS"] != parsed[1]["KR_ENCRYPTION_KEYS"]
     assert parsed[0]["KR_SIGNING_KEYS"] != parsed[0]["KR_ENCRYPTION_KEYS"]
+    assert parsed[0]["KR_AUDIT_KEY"] != parsed[1]["KR_AUDIT_KEY"]
 
     # Ready for an env file: the settings loader takes them as they are.
     for name in [name for name in os.environ if name.startswith("KR_")]:
@@ -81,6 +84,7 @@ def test_keys_generate_prints_loadable_fresh_keys(
     )
     assert settings.signing_keys[0].kid == parsed[0]["KR_SIGNING_KEYS"].split(":", 1)[0]
     assert settings.encryption_keys[0].kid == parsed[0]["KR_ENCRYPTION_KEYS"].split(":", 1)[0]
+    assert settings.audit_key == base64.b64decode(parsed[0]["KR_AUDIT_KEY"])
 
 
 def test_migrate_creates_the_tables(tmp_path: Path) -> None:
@@ -195,4 +199,4 @@ def test_serve_embedded_default(tmp_path: Path, stop: signal.Signals) -> None:
     # The generated key material never reaches the log.
     for line in keys.read_text().splitlines():
         for item in line.split("=", 1)[1].split(","):
-            assert item.split(":", 1)[1] not in output_text
+            assert item.split(":", 1)[-1] not in output_text

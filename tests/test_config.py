@@ -16,6 +16,7 @@ from kindrobots.config import (
     KEY_BYTES,
     ConfigError,
     format_keys,
+    generate_audit_key,
     generate_key,
     load_settings,
 )
@@ -67,6 +68,8 @@ def config_error(monkeypatch: pytest.MonkeyPatch, **variables: str) -> str:
         ("KR_DASHBOARD_ORIGINS", f"https://app.example.com/{SECRET}"),
         ("KR_REDIS_URL", f"http://:{SECRET}@cache.example.com"),
         ("KR_LOG_LEVEL", f"loud{SECRET}"),
+        ("KR_AUDIT_KEY", b64(SECRET.encode())),  # too short
+        ("KR_AUDIT_KEY", f"{b64(SECRET.encode() * 3)}!!"),  # not base64
     ],
 )
 def test_bad_value_names_the_variable_and_not_the_value(
@@ -103,7 +106,13 @@ def test_production_lists_every_missing_requirement(
         KR_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/kr.db",
         KR_PUBLIC_URL="http://kindrobots.example.com",
     )
-    for name in ("KR_ENCRYPTION_KEYS", "KR_SIGNING_KEYS", "KR_DATABASE_URL", "KR_PUBLIC_URL"):
+    for name in (
+        "KR_ENCRYPTION_KEYS",
+        "KR_SIGNING_KEYS",
+        "KR_AUDIT_KEY",
+        "KR_DATABASE_URL",
+        "KR_PUBLIC_URL",
+    ):
         assert name in message, message
     assert tmp_path.name not in message
     # It refused: no development keys were made up for it.
@@ -115,6 +124,7 @@ def test_production_lists_every_missing_requirement(
     [
         ("KR_SIGNING_KEYS", {"KR_SIGNING_KEYS": ""}),
         ("KR_ENCRYPTION_KEYS", {"KR_ENCRYPTION_KEYS": ""}),
+        ("KR_AUDIT_KEY", {"KR_AUDIT_KEY": ""}),
         ("KR_DATABASE_URL", {"KR_DATABASE_URL": "sqlite+aiosqlite:///kr.db"}),
         ("KR_DATABASE_URL", {"KR_DATABASE_URL": ""}),
         ("KR_PUBLIC_URL", {"KR_PUBLIC_URL": "http://kindrobots.example.com"}),
@@ -129,9 +139,16 @@ def test_production_refuses_each_requirement_alone(
         "KR_PUBLIC_URL": "https://kindrobots.example.com",
         "KR_SIGNING_KEYS": format_keys((generate_key("sig"),)),
         "KR_ENCRYPTION_KEYS": format_keys((generate_key("enc"),)),
+        "KR_AUDIT_KEY": generate_audit_key(),
     }
     message = config_error(monkeypatch, **{**complete, **overrides})
-    others = {"KR_SIGNING_KEYS", "KR_ENCRYPTION_KEYS", "KR_DATABASE_URL", "KR_PUBLIC_URL"}
+    others = {
+        "KR_SIGNING_KEYS",
+        "KR_ENCRYPTION_KEYS",
+        "KR_AUDIT_KEY",
+        "KR_DATABASE_URL",
+        "KR_PUBLIC_URL",
+    }
     assert missing in message, message
     for other in others - {missing}:
         assert other not in message, message
@@ -144,8 +161,11 @@ def test_complete_production_settings_load(monkeypatch: pytest.MonkeyPatch, tmp_
     monkeypatch.setenv("KR_PUBLIC_URL", "https://kindrobots.example.com/")
     monkeypatch.setenv("KR_SIGNING_KEYS", format_keys((signing,)))
     monkeypatch.setenv("KR_ENCRYPTION_KEYS", format_keys((encryption,)))
+    audit_key = secrets.token_bytes(KEY_BYTES + 16)
+    monkeypatch.setenv("KR_AUDIT_KEY", b64(audit_key))
     settings = load_settings()
     assert settings.is_production
+    assert settings.audit_key == audit_key
     assert settings.signing_keys == (signing,)
     assert settings.encryption_keys == (encryption,)
     assert settings.public_url == "https://kindrobots.example.com"
@@ -213,6 +233,7 @@ def test_explicit_keys_win(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 def test_explicit_keys_create_no_key_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("KR_SIGNING_KEYS", format_keys((generate_key("sig"),)))
     monkeypatch.setenv("KR_ENCRYPTION_KEYS", format_keys((generate_key("enc"),)))
+    monkeypatch.setenv("KR_AUDIT_KEY", generate_audit_key())
     load_settings(data_dir=tmp_path / "data")
     assert not (tmp_path / "data" / DEV_KEYS_FILE).exists()
 
@@ -290,3 +311,30 @@ def test_two_processes_creating_development_keys_agree(tmp_path: Path) -> None:
 def _dev_key_ids(data_dir: str) -> tuple[str, str]:
     settings = load_settings(data_dir=Path(data_dir))
     return settings.encryption_keys[0].kid, settings.signing_keys[0].kid
+
+
+def test_development_audit_key_is_kept_with_the_other_keys(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    first = load_settings(data_dir=data_dir)
+    assert len(first.audit_key) == KEY_BYTES
+    assert load_settings(data_dir=data_dir).audit_key == first.audit_key
+    assert "KR_AUDIT_KEY=" in (data_dir / DEV_KEYS_FILE).read_text()
+    assert first.audit_key.hex() not in repr(first)
+
+
+def test_a_key_file_from_before_the_audit_key_gains_one(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    path = data_dir / DEV_KEYS_FILE
+    old = (
+        f"KR_ENCRYPTION_KEYS={format_keys((generate_key('enc'),))}\n"
+        f"KR_SIGNING_KEYS={format_keys((generate_key('sig'),))}\n"
+    )
+    path.write_text(old)
+    path.chmod(0o600)
+    settings = load_settings(data_dir=data_dir)
+    assert len(settings.audit_key) == KEY_BYTES
+    text = path.read_text()
+    assert text.startswith(old) and text.count("KR_AUDIT_KEY=") == 1
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_settings(data_dir=data_dir).audit_key == settings.audit_key

@@ -251,3 +251,33 @@ async def test_projects_with_agent_credential_and_manifests_cost_the_same_for_1_
         assert len(project["agent"]["manifests"]) == MANIFESTS_PER_AGENT
         assert all(m["version"] == 2 for m in project["agent"]["manifests"])
     assert_same(small, large)
+
+
+UPDATE_AGENT = """
+mutation($input: UpdateAgentInput!) { updateAgent(input: $input) { id name temperature } }
+"""
+
+
+async def test_update_agent_costs_at_most_six_statements(
+    client: Client, server: RunningServer
+) -> None:
+    """The caller's session, the agent's organization, the lock with the agent and the
+    audit head, the update, the audit event and the new head: six, on both databases."""
+    account = await sign_up(client)
+    created = await client.execute(
+        "mutation($input: CreateAgentInput!) { createAgent(input: $input) { id } }",
+        {"input": {"organizationId": account.organization_id, "name": "A", "model": "gpt-4o"}},
+        token=account.access_token,
+    )
+    agent_id = created.data["createAgent"]["id"]
+    for name in ("B", "C"):
+        with count_statements(server) as counter:
+            response = await client.execute(
+                UPDATE_AGENT,
+                {"input": {"id": agent_id, "name": name, "temperature": 0.2}},
+                token=account.access_token,
+            )
+        assert response.errors == [], response.errors
+        assert response.data["updateAgent"]["name"] == name
+        assert counter.count <= 6, counter.statements
+        assert counter.transactions <= 3, counter.transactions

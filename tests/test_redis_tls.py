@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from kindrobots.config import ConfigError, format_keys, generate_key, load_settings
+from kindrobots.config import (
+    ConfigError,
+    format_keys,
+    generate_audit_key,
+    generate_key,
+    load_settings,
+)
 
 SECRET = "s3cr3t-redis-pw"
 
@@ -16,6 +22,7 @@ def production(redis_url: str) -> dict[str, object]:
         "public_url": "https://kindrobots.example.com",
         "signing_keys": format_keys((generate_key("sig"),)),
         "encryption_keys": format_keys((generate_key("enc"),)),
+        "audit_key": generate_audit_key(),
         "redis_url": redis_url,
     }
 

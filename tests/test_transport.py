@@ -27,7 +27,14 @@ from cryptography.x509.oid import NameOID
 from yarl import URL
 
 from kindrobots import server as server_module
-from kindrobots.config import ConfigError, Settings, format_keys, generate_key, load_settings
+from kindrobots.config import (
+    ConfigError,
+    Settings,
+    format_keys,
+    generate_audit_key,
+    generate_key,
+    load_settings,
+)
 from kindrobots.security.transport import HSTS, server_ssl_context, ssl_context_for
 from kindrobots.server import create_app
 from tests.conftest import make_settings
@@ -45,6 +52,7 @@ def production_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "public_url": PUBLIC,
         "signing_keys": format_keys((generate_key("sig"),)),
         "encryption_keys": format_keys((generate_key("enc"),)),
+        "audit_key": generate_audit_key(),
         "log_format": "text",
         "trusted_proxies": "127.0.0.1,::1",
     }

@@ -9,7 +9,7 @@ import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
-from kindrobots.config import format_keys, generate_key, load_settings
+from kindrobots.config import format_keys, generate_audit_key, generate_key, load_settings
 from kindrobots.server import SERVICES, create_app
 from kindrobots.widget import WidgetScript
 from tests.conftest import make_settings
@@ -74,6 +74,7 @@ async def test_demo_page_does_not_exist_in_production(tmp_path: Path) -> None:
         public_url="https://api.example.com",
         signing_keys=format_keys((generate_key("sig"),)),
         encryption_keys=format_keys((generate_key("enc"),)),
+        audit_key=generate_audit_key(),
         log_format="text",
     )
     app = create_app(settings)

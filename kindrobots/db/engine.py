@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Connection, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -16,6 +16,11 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from kindrobots.config import Settings
+from kindrobots.db.audit_chain import SESSION_KEY
+
+# Execution option of the engine behind write sessions: on SQLite their transaction
+# starts with BEGIN IMMEDIATE, taking the database's write lock before the first read.
+WRITE_OPTION = "kr_write"
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -25,6 +30,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
             _create_private(Path(url.database))
         engine = create_async_engine(url, connect_args={"timeout": 30})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     return create_async_engine(
         url,
@@ -55,7 +61,34 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+    # The driver would open transactions itself, deferred and only before the first
+    # write; _sqlite_begin opens them instead (SQLAlchemy's pysqlite/aiosqlite recipe).
+    dbapi_connection.isolation_level = None
 
 
-def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+def _sqlite_begin(connection: Connection) -> None:
+    """Open SQLite's transaction: IMMEDIATE (write lock now) for write sessions.
+
+    A deferred transaction that reads and then writes fails at once with "database
+    is locked" when another writer committed in between, so writers take the lock
+    first and queue on busy_timeout. Sent through the DBAPI cursor: transaction
+    control, like PostgreSQL's BEGIN, not a statement of the session.
+    """
+    write = connection.get_execution_options().get(WRITE_OPTION, False)
+    dbapi_connection = connection.connection.dbapi_connection
+    assert dbapi_connection is not None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+    finally:
+        cursor.close()
+
+
+def create_sessionmaker(
+    engine: AsyncEngine, *, write: bool = False, audit_key: bytes | None = None
+) -> async_sessionmaker[AsyncSession]:
+    """Sessions on ``engine``; ``write=True`` for read-then-write transactions, with the
+    audit key their rules seal audit chain heads with."""
+    bind = engine.execution_options(**{WRITE_OPTION: True}) if write else engine
+    info = {SESSION_KEY: audit_key} if audit_key is not None else {}
+    return async_sessionmaker(bind, expire_on_commit=False, info=info)

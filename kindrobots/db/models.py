@@ -21,6 +21,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -153,17 +154,37 @@ class RefreshToken(Base):
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+PLATFORM_CHAIN = uuid.UUID(int=0)
+"""The chain id of platform events (``AuditEvent.organization_id`` NULL)."""
+
+ACTOR_KINDS = ("user", "staff", "system", "widget")
+
+
 class AuditEvent(Base):
     __tablename__ = "audit_events"
     __table_args__ = (
         Index("ix_audit_events_org_created", "organization_id", "created_at", "id"),
         UniqueConstraint("organization_id", "sequence", name="uq_audit_events_org_sequence"),
+        # NULLs are distinct in the constraint above, so the platform chain needs its own.
+        Index(
+            "uq_audit_events_platform_sequence",
+            "sequence",
+            unique=True,
+            sqlite_where=text("organization_id IS NULL"),
+            postgresql_where=text("organization_id IS NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    organization_id: Mapped[uuid.UUID] = mapped_column(
+    # NULL: a platform event (PLATFORM_CHAIN), not any organization's.
+    organization_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("organizations.id", ondelete="CASCADE")
     )
+    # Who acted: ``user``/``staff`` (actor = user UUID), ``widget`` (actor = project UUID)
+    # or ``system`` (actor = job name: ``cli``, ``stripe-webhook``, ``retention``).
+    actor_kind: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(64))
+    # The user behind a ``user``/``staff`` actor, for GraphQL's ``AuditEvent.actor``.
     actor_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     action: Mapped[str] = mapped_column(String(64))
     target_type: Mapped[str | None] = mapped_column(String(64))
@@ -175,6 +196,23 @@ class AuditEvent(Base):
     sequence: Mapped[int] = mapped_column(Integer)
     previous_hash: Mapped[str | None] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """The newest link of one audit chain, sealed with ``KR_AUDIT_KEY`` (an HMAC).
+
+    The key lives outside the database, so whoever rewrites events and recomputes
+    their hashes, or deletes the newest ones, cannot make the head match again.
+    ``chain_id`` is the organization's id or PLATFORM_CHAIN; no foreign key, so the
+    platform chain fits too. ``mac`` is NULL only on heads the migration wrote.
+    """
+
+    __tablename__ = "audit_heads"
+
+    chain_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    sequence: Mapped[int] = mapped_column(Integer, default=0)
+    hash: Mapped[str | None] = mapped_column(String(64))
+    mac: Mapped[str | None] = mapped_column(String(64))
 
 
 class LlmCredential(Base):

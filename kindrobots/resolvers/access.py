@@ -10,8 +10,8 @@ from sqlalchemy import ColumnElement, Select, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kindrobots.auth.principals import UserActor
+from kindrobots.db import locks
 from kindrobots.db.enums import Role
-from kindrobots.db.locks import lock_organization
 from kindrobots.db.models import (
     Agent,
     AuditEvent,
@@ -111,14 +111,9 @@ Locked = TypeVar("Locked", Agent, Project)
 async def lock_row(
     session: AsyncSession, model: type[Locked], row_id: uuid.UUID, organization_id: uuid.UUID
 ) -> Locked:
-    """The organization lock, then one of its rows as it is now: it may have changed or
-    gone since the caller was authorized (a concurrent delete answers NOT_FOUND)."""
-    await lock_organization(session, organization_id)
-    row = await session.scalar(
-        select(model)
-        .where(model.id == row_id, model.organization_id == organization_id)
-        .execution_options(populate_existing=True)
-    )
+    """The organization lock and one of its rows as it is now, in one statement: it may
+    have changed or gone since the caller was authorized (gone answers NOT_FOUND)."""
+    row = await locks.lock_row(session, model, row_id, organization_id)
     if row is None:
         raise NotFound()
     return row

@@ -23,23 +23,25 @@ async def record(
     *,
     organization_id: uuid.UUID | None,
     action: str,
-    target: tuple[str, uuid.UUID],
+    target: tuple[str, uuid.UUID] | None = None,
     details: dict[str, Any] | None = None,
 ) -> AuditEvent:
     """Append one event to the organization's chain (the platform's without one);
     ``target`` is (GraphQL type, row ID), stored as its global ID."""
-    target_type, target_id = target
+    target_type, target_id = target if target else (None, None)
     event = AuditEvent(
         organization_id=organization_id,
+        actor_kind=actor.kind,
+        actor=actor.name,
         actor_id=actor.user_id,
         action=action,
         target_type=target_type,
-        target_id=to_global_id(target_type, target_id),
+        target_id=to_global_id(target_type, target_id) if target_type and target_id else None,
         details=details or {},
         ip=actor.ip,
         created_at=now,
     )
-    return await audit_chain.append(session, event)
+    return await audit_chain.append(session, event, audit_chain.session_key(session))
 
 
 async def list_events(

@@ -203,4 +203,17 @@ async def rotate_batch(
         sealed = keyring.seal(plaintext, aad)
         row.key_id, row.nonce, row.ciphertext = sealed.key_id, sealed.nonce, sealed.ciphertext
         batch.rotated += 1
+    if not batch.done:
+        await audit.record(
+            session,
+            actor,
+            now,
+            organization_id=None,
+            action="keys.rotate",
+            details={
+                "keyId": keyring.active_key_id,
+                "rotated": batch.rotated,
+                "failed": len(batch.failed),
+            },
+        )
     return batch

@@ -24,7 +24,7 @@ class AuditEventType(Node):
     ip: str | None
     created_at: datetime
     actor_id: strawberry.Private[uuid.UUID | None]
-    organization_id: strawberry.Private[uuid.UUID]
+    organization_id: strawberry.Private[uuid.UUID | None]  # None: a platform event
 
     @strawberry.field
     async def actor(self, info: Info) -> UserType | None:

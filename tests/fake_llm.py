@@ -32,7 +32,7 @@ from sqlalchemy import select
 
 from kindrobots.db.models import Message
 from kindrobots.ids import from_global_id
-from tests.chat_helpers import CHAT, ORIGIN
+from tests.chat_helpers import CHAT
 from tests.conftest import (
     POSTGRES_URL,
     Account,
@@ -478,20 +478,6 @@ async def wait_for_partial(server: RunningServer, conversation_id: str) -> Messa
                 if message.role == "assistant" and message.partial:
                     return message
             await asyncio.sleep(0.02)
-
-
-@asynccontextmanager
-async def widget_socket(
-    http: aiohttp.ClientSession, server: RunningServer, project_key: str
-) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
-    """A widget WebSocket past ``connection_ack``, for tests that drive it frame by frame."""
-    async with http.ws_connect(
-        server.ws_url, protocols=["graphql-transport-ws"], headers={"Origin": ORIGIN}
-    ) as ws:
-        await ws.send_json({"type": "connection_init", "payload": {"projectKey": project_key}})
-        ack = await ws.receive_json(timeout=10)
-        assert ack["type"] == "connection_ack", ack
-        yield ws
 
 
 async def subscribe_chat(

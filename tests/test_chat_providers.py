@@ -28,7 +28,7 @@ from kindrobots.ids import to_global_id
 from kindrobots.resolvers.chat import authenticate_widget
 from kindrobots.schema import build_schema
 from kindrobots.security import ssrf
-from tests.chat_helpers import CHAT, ORIGIN, Deployed, deploy, widget_chat
+from tests.chat_helpers import CHAT, ORIGIN, Deployed, deploy, widget_chat, widget_socket
 from tests.conftest import Account, Client, RunningServer, sign_up
 from tests.fake_llm import (
     FakeLLM,
@@ -46,7 +46,6 @@ from tests.fake_llm import (
     streamed_text,
     subscribe_chat,
     wait_for_partial,
-    widget_socket,
 )
 
 # No recognisable shape (sk-…), so log redaction by pattern would not hide a leak.

@@ -43,6 +43,9 @@ REQUIRE_SERVICES = os.environ.get("KR_TEST_REQUIRE_SERVICES") == "1"
 
 redaction.install()
 
+# Fixtures of the chat tests against a fake LLM provider: fake, llm_server, account.
+pytest_plugins = ["tests.llm_fixtures"]
+
 
 def _reachable(url: str, default_port: int) -> bool:
     parts = urlsplit(url.replace("+asyncpg", ""))

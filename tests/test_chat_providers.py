@@ -12,14 +12,13 @@ import asyncio
 import functools
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import pytest
-import pytest_asyncio
 from strawberry.types import ExecutionResult
 
 from kindrobots.chat import providers
@@ -29,14 +28,13 @@ from kindrobots.resolvers.chat import authenticate_widget
 from kindrobots.schema import build_schema
 from kindrobots.security import ssrf
 from tests.chat_helpers import CHAT, ORIGIN, Deployed, deploy, widget_chat, widget_socket
-from tests.conftest import Account, Client, RunningServer, sign_up
+from tests.conftest import Account, Client, RunningServer
 from tests.fake_llm import (
     FakeLLM,
     Reply,
     Scenario,
     add_credential,
     anthropic_text,
-    chat_server,
     error,
     next_event,
     openai_text,
@@ -91,28 +89,6 @@ DIALECTS = [
     pytest.param(COMPATIBLE, id="compatible"),
     pytest.param(ANTHROPIC, id="anthropic"),
 ]
-
-
-@pytest_asyncio.fixture(scope="module")
-async def fake() -> AsyncIterator[FakeLLM]:
-    fake = await FakeLLM.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest_asyncio.fixture(scope="module", params=["sqlite", "postgresql"])
-async def llm_server(
-    request: pytest.FixtureRequest, fake: FakeLLM, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[RunningServer]:
-    backend = str(request.param)
-    async with chat_server(tmp_path_factory.mktemp(backend), backend, [fake.host_port]) as server:
-        yield server
-
-
-@pytest_asyncio.fixture(scope="module")
-async def account(llm_server: RunningServer, http: aiohttp.ClientSession) -> Account:
-    """One organization per server: each test deploys its own credential, agent and project."""
-    return await sign_up(Client(http, llm_server.base_url))
 
 
 @dataclass

@@ -16,7 +16,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from tests.chat_helpers import Deployed, deploy, widget_chat
-from tests.conftest import Account, Client, RunningServer, sign_up
+from tests.conftest import Account, Client, RunningServer
 from tests.fake_llm import (
     FakeLLM,
     FakeToolCall,
@@ -24,7 +24,6 @@ from tests.fake_llm import (
     add_credential,
     anthropic_text,
     anthropic_tool_use,
-    chat_server,
     openai_text,
     openai_tool_calls,
     stored_messages,
@@ -70,13 +69,6 @@ class OrdersApi:
 
 
 @pytest_asyncio.fixture(scope="module")
-async def fake() -> AsyncIterator[FakeLLM]:
-    fake = await FakeLLM.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest_asyncio.fixture(scope="module")
 async def orders_api() -> AsyncIterator[OrdersApi]:
     api = OrdersApi()
     app = web.Application()
@@ -90,23 +82,9 @@ async def orders_api() -> AsyncIterator[OrdersApi]:
     await runner.cleanup()
 
 
-@pytest_asyncio.fixture(scope="module", params=["sqlite", "postgresql"])
-async def llm_server(
-    request: pytest.FixtureRequest,
-    fake: FakeLLM,
-    orders_api: OrdersApi,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[RunningServer]:
-    backend = str(request.param)
-    allow = [fake.host_port, f"127.0.0.1:{orders_api.port}"]
-    async with chat_server(tmp_path_factory.mktemp(backend), backend, allow) as server:
-        yield server
-
-
-@pytest_asyncio.fixture(scope="module")
-async def account(llm_server: RunningServer, http: aiohttp.ClientSession) -> Account:
-    """One organization per server: each test deploys its own credential, agent and project."""
-    return await sign_up(Client(http, llm_server.base_url))
+@pytest.fixture(scope="module")
+def llm_allow(orders_api: OrdersApi) -> list[str]:
+    return [f"127.0.0.1:{orders_api.port}"]
 
 
 @dataclass

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -13,7 +12,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-import pytest_asyncio
 
 from kindrobots.chat import providers
 from kindrobots.ids import from_global_id, to_global_id
@@ -25,7 +23,6 @@ from tests.fake_llm import (
     Reply,
     Scenario,
     add_credential,
-    chat_server,
     error,
     openai_text,
     stored_messages,
@@ -40,28 +37,6 @@ mutation($input: ChatInput!) {
   }
 }
 """
-
-
-@pytest_asyncio.fixture(scope="module")
-async def fake() -> AsyncIterator[FakeLLM]:
-    fake = await FakeLLM.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest_asyncio.fixture(scope="module", params=["sqlite", "postgresql"])
-async def llm_server(
-    request: pytest.FixtureRequest, fake: FakeLLM, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[RunningServer]:
-    backend = str(request.param)
-    async with chat_server(tmp_path_factory.mktemp(backend), backend, [fake.host_port]) as server:
-        yield server
-
-
-@pytest_asyncio.fixture(scope="module")
-async def account(llm_server: RunningServer, http: aiohttp.ClientSession) -> Account:
-    """One organization per server: each test deploys its own credential, agent and project."""
-    return await sign_up(Client(http, llm_server.base_url))
 
 
 @dataclass

@@ -32,7 +32,7 @@ from sqlalchemy import select
 
 from kindrobots.db.models import Message
 from kindrobots.ids import from_global_id
-from tests.chat_helpers import CHAT
+from tests.chat_helpers import CHAT, Deployed, deploy
 from tests.conftest import (
     POSTGRES_URL,
     Account,
@@ -453,6 +453,38 @@ async def add_credential(
     )
     assert response.errors == [], response.errors
     return str(response.data["addLlmCredential"]["id"])
+
+
+@dataclass
+class Setup:
+    """An agent and a project of ``account`` whose credential points at a fresh scenario."""
+
+    client: Client
+    account: Account
+    scenario: Scenario
+    deployed: Deployed
+
+
+async def deploy_on_fake(
+    server: RunningServer,
+    http: aiohttp.ClientSession,
+    fake: FakeLLM,
+    account: Account,
+    *,
+    provider: str,
+    model: str,
+    api_key: str,
+    manifest_ids: list[str] | None = None,
+) -> Setup:
+    """A scenario of its own, a ``provider`` credential pointing at it, an agent using it."""
+    client = Client(http, server.base_url)
+    scenario = fake.scenario()
+    base = scenario.anthropic_base if provider == "ANTHROPIC" else scenario.openai_base
+    credential = await add_credential(client, account, provider, base, api_key)
+    deployed = await deploy(
+        client, account, credential_id=credential, manifest_ids=manifest_ids, model=model
+    )
+    return Setup(client, account, scenario, deployed)
 
 
 # --- Reading back what the server did -------------------------------------------------

@@ -27,14 +27,14 @@ from kindrobots.ids import to_global_id
 from kindrobots.resolvers.chat import authenticate_widget
 from kindrobots.schema import build_schema
 from kindrobots.security import ssrf
-from tests.chat_helpers import CHAT, ORIGIN, Deployed, deploy, widget_chat, widget_socket
-from tests.conftest import Account, Client, RunningServer
+from tests.chat_helpers import CHAT, ORIGIN, widget_chat, widget_socket
+from tests.conftest import Account, RunningServer
 from tests.fake_llm import (
     FakeLLM,
     Reply,
-    Scenario,
-    add_credential,
+    Setup,
     anthropic_text,
+    deploy_on_fake,
     error,
     next_event,
     openai_text,
@@ -57,10 +57,6 @@ class Dialect:
     model: str
     frames: Callable[..., list[bytes]]
     usage: tuple[int, int]
-
-    def base_url(self, scenario: Scenario) -> str:
-        anthropic = self.provider == "ANTHROPIC"
-        return scenario.anthropic_base if anthropic else scenario.openai_base
 
     def text(self, parts: Sequence[str], *, done: bool = True) -> list[bytes]:
         return self.frames(parts, self.usage, done=done)
@@ -91,14 +87,6 @@ DIALECTS = [
 ]
 
 
-@dataclass
-class Setup:
-    server: RunningServer
-    client: Client
-    scenario: Scenario
-    deployed: Deployed
-
-
 async def set_up(
     server: RunningServer,
     http: aiohttp.ClientSession,
@@ -106,13 +94,9 @@ async def set_up(
     account: Account,
     dialect: Dialect,
 ) -> Setup:
-    client = Client(http, server.base_url)
-    scenario = fake.scenario()
-    credential = await add_credential(
-        client, account, dialect.provider, dialect.base_url(scenario), API_KEY
+    return await deploy_on_fake(
+        server, http, fake, account, provider=dialect.provider, model=dialect.model, api_key=API_KEY
     )
-    deployed = await deploy(client, account, credential_id=credential, model=dialect.model)
-    return Setup(server, client, scenario, deployed)
 
 
 def assert_key_sent(dialect: Dialect, headers: dict[str, str]) -> None:

@@ -15,15 +15,15 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from tests.chat_helpers import Deployed, deploy, widget_chat
+from tests.chat_helpers import widget_chat
 from tests.conftest import Account, Client, RunningServer
 from tests.fake_llm import (
     FakeLLM,
     FakeToolCall,
-    Scenario,
-    add_credential,
+    Setup,
     anthropic_text,
     anthropic_tool_use,
+    deploy_on_fake,
     openai_text,
     openai_tool_calls,
     stored_messages,
@@ -87,14 +87,6 @@ def llm_allow(orders_api: OrdersApi) -> list[str]:
     return [f"127.0.0.1:{orders_api.port}"]
 
 
-@dataclass
-class Setup:
-    client: Client
-    account: Account
-    scenario: Scenario
-    deployed: Deployed
-
-
 async def set_up(
     server: RunningServer,
     http: aiohttp.ClientSession,
@@ -104,9 +96,6 @@ async def set_up(
     provider: str,
 ) -> Setup:
     client = Client(http, server.base_url)
-    scenario = fake.scenario()
-    base = scenario.anthropic_base if provider == "ANTHROPIC" else scenario.openai_base
-    credential = await add_credential(client, account, provider, base, API_KEY)
     document = DOCUMENT.read_text()
     assert DOCUMENT_SERVER in document
     manifest = await client.execute(
@@ -121,15 +110,18 @@ async def set_up(
         token=account.access_token,
     )
     assert manifest.errors == [], manifest.errors
-    deployed = await deploy(
-        client,
+    setup = await deploy_on_fake(
+        server,
+        http,
+        fake,
         account,
-        credential_id=credential,
-        manifest_ids=[manifest.data["createManifest"]["id"]],
+        provider=provider,
         model="gpt-4o-mini" if provider != "ANTHROPIC" else "claude-3-5-haiku-latest",
+        api_key=API_KEY,
+        manifest_ids=[manifest.data["createManifest"]["id"]],
     )
     orders_api.requests.clear()
-    return Setup(client, account, scenario, deployed)
+    return setup
 
 
 # The arguments as the model streams them: split mid-key and mid-value.

@@ -16,13 +16,13 @@ import pytest
 from kindrobots.chat import providers
 from kindrobots.ids import from_global_id, to_global_id
 from kindrobots.security import ssrf
-from tests.chat_helpers import Deployed, deploy, widget_chat
+from tests.chat_helpers import deploy, widget_chat
 from tests.conftest import Account, Client, Response, RunningServer, sign_up
 from tests.fake_llm import (
     FakeLLM,
     Reply,
-    Scenario,
-    add_credential,
+    Setup,
+    deploy_on_fake,
     error,
     openai_text,
     stored_messages,
@@ -39,22 +39,12 @@ mutation($input: ChatInput!) {
 """
 
 
-@dataclass
-class Setup:
-    client: Client
-    account: Account
-    scenario: Scenario
-    deployed: Deployed
-
-
 async def set_up(
     server: RunningServer, http: aiohttp.ClientSession, fake: FakeLLM, account: Account
 ) -> Setup:
-    client = Client(http, server.base_url)
-    scenario = fake.scenario()
-    credential = await add_credential(client, account, "OPENAI", scenario.openai_base, API_KEY)
-    deployed = await deploy(client, account, credential_id=credential, model="gpt-4o-mini")
-    return Setup(client, account, scenario, deployed)
+    return await deploy_on_fake(
+        server, http, fake, account, provider="OPENAI", model="gpt-4o-mini", api_key=API_KEY
+    )
 
 
 async def send(

@@ -34,6 +34,7 @@ from kindrobots.db.models import Organization
 from kindrobots.ids import from_global_id
 from kindrobots.security import redaction
 from kindrobots.server import SERVICES, create_app
+from tests.servers import Listener, listening, start_app
 
 POSTGRES_URL = os.environ.get(
     "KR_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -191,11 +192,7 @@ async def start_server(settings: Settings) -> tuple[web.AppRunner, RunningServer
     app = create_app(settings)
     services = app[SERVICES]
     await upgrade(services.engine)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    runner, port = await start_app(app)
     backend = "postgresql" if settings.database_url.startswith("postgresql") else "sqlite"
     return runner, RunningServer(f"http://127.0.0.1:{port}", settings, services, backend)
 
@@ -221,6 +218,13 @@ async def server(
         runner, running = await start_server(make_settings(tmp, backend, database_url=url))
         yield running
         await runner.cleanup()
+
+
+@pytest_asyncio.fixture
+async def listener() -> AsyncIterator[Listener]:
+    """A local TCP port that records connections: proof that nothing connected to it."""
+    async with listening() as record:
+        yield record
 
 
 @pytest_asyncio.fixture(scope="session")

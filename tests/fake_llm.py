@@ -43,6 +43,7 @@ from tests.conftest import (
     scratch_database,
     start_server,
 )
+from tests.servers import start_app
 
 Ending = Literal["finish", "cut", "hold"]
 HOLD_LIMIT = 30.0  # a held reply gives up after this long, so no handler outlives a test
@@ -321,9 +322,9 @@ class Scenario:
 class FakeLLM:
     """The fake provider server; both APIs, every scenario, one port."""
 
-    def __init__(self, runner: web.AppRunner, port: int) -> None:
-        self.runner = runner
-        self.port = port
+    def __init__(self) -> None:
+        self.runner: web.AppRunner | None = None
+        self.port = 0
         self.scenarios: dict[str, Scenario] = {}
 
     @property
@@ -333,18 +334,15 @@ class FakeLLM:
     @classmethod
     async def start(cls) -> FakeLLM:
         app = web.Application()
-        runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
-        fake = cls(runner, 0)
+        fake = cls()
         app.router.add_post("/s/{scenario}/v1/chat/completions", fake._handle)
         app.router.add_post("/s/{scenario}/v1/messages", fake._handle)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        fake.port = int(runner.addresses[0][1])
+        fake.runner, fake.port = await start_app(app, shutdown_timeout=1.0, access_log=None)
         return fake
 
     async def stop(self) -> None:
-        await self.runner.cleanup()
+        if self.runner is not None:
+            await self.runner.cleanup()
 
     def scenario(self) -> Scenario:
         scenario = Scenario(self, uuid.uuid4().hex[:12])

@@ -30,6 +30,7 @@ from tests.fake_llm import (
     stream,
     streamed_text,
 )
+from tests.servers import serving
 
 API_KEY = "fakekey-tools-5hR8kP2w"
 DOCUMENT = Path(__file__).parent / "data" / "orders-api.yaml"
@@ -73,13 +74,8 @@ async def orders_api() -> AsyncIterator[OrdersApi]:
     api = OrdersApi()
     app = web.Application()
     app.router.add_get("/api/orders/{order_id}", api.order)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    api.port = int(runner.addresses[0][1])
-    yield api
-    await runner.cleanup()
+    async with serving(app, access_log=None) as api.port:
+        yield api
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ from tests.conftest import (
     start_server,
 )
 from tests.org_helpers import quick_account
+from tests.servers import Listener, serving
 
 DATA = Path(__file__).parent / "data"
 
@@ -626,29 +627,6 @@ async def test_a_document_of_one_megabyte_passes_and_one_byte_more_is_refused(
     assert await stored_manifests(server, account, "Too wide") == 0
 
 
-@dataclass
-class Listener:
-    """A TCP port that records every connection made to it."""
-
-    port: int = 0
-    connections: list[Any] = field(default_factory=list)
-
-
-@pytest_asyncio.fixture
-async def listener() -> AsyncIterator[Listener]:
-    record = Listener()
-
-    async def accept(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        record.connections.append(writer.get_extra_info("peername"))
-        writer.close()
-
-    tcp = await asyncio.start_server(accept, "127.0.0.1", 0)
-    record.port = tcp.sockets[0].getsockname()[1]
-    yield record
-    tcp.close()
-    await tcp.wait_closed()
-
-
 async def test_remote_refs_are_refused_without_fetching(
     client: Client, server: RunningServer, listener: Listener
 ) -> None:
@@ -839,13 +817,8 @@ async def documents() -> AsyncIterator[DocumentServer]:
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    record.port = int(runner.addresses[0][1])
-    yield record
-    await runner.cleanup()
+    async with serving(app) as record.port:
+        yield record
 
 
 async def import_manifest(client: Client, account: Account, name: str, url: str) -> Response:

@@ -6,11 +6,9 @@ import asyncio
 import re
 import socket
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import select
 
 from kindrobots.db.models import Project
@@ -19,6 +17,7 @@ from kindrobots.security.errors import BadUserInput
 from kindrobots.security.origins import MAX_ORIGINS, normalize_origin, normalize_origins
 from tests.conftest import Account, Client, Response, RunningServer, set_tier
 from tests.org_helpers import add_member, quick_account
+from tests.servers import Listener
 from tests.test_agents import new_agent
 
 PROJECT_FIELDS = """
@@ -324,29 +323,6 @@ async def test_switching_to_authenticated_needs_the_jwt_settings(
     assert switched.data["updateProject"]["accessMode"] == "AUTHENTICATED"
     back = await update_project(client, account, project["id"], accessMode="PUBLIC")
     assert back.data["updateProject"]["accessMode"] == "PUBLIC"
-
-
-class Listener:
-    """A TCP port that records every connection made to it."""
-
-    def __init__(self) -> None:
-        self.port = 0
-        self.connections: list[Any] = []
-
-
-@pytest_asyncio.fixture
-async def listener() -> AsyncIterator[Listener]:
-    record = Listener()
-
-    async def accept(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        record.connections.append(writer.get_extra_info("peername"))
-        writer.close()
-
-    tcp = await asyncio.start_server(accept, "127.0.0.1", 0)
-    record.port = tcp.sockets[0].getsockname()[1]
-    yield record
-    tcp.close()
-    await tcp.wait_closed()
 
 
 async def test_internal_jwks_urls_are_refused_without_a_connection(

@@ -12,7 +12,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -129,9 +129,16 @@ class Response:
 class Client:
     """GraphQL over real HTTP; bearer tokens and cookies are explicit, never ambient."""
 
-    def __init__(self, http: aiohttp.ClientSession, base_url: str) -> None:
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        base_url: str,
+        *,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.http = http
         self.base_url = base_url
+        self.headers = headers or {}  # sent with every request, under the call's own
 
     async def execute(
         self,
@@ -142,7 +149,11 @@ class Client:
         cookies: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
     ) -> Response:
-        request_headers = {"Content-Type": "application/json", **(headers or {})}
+        request_headers = {
+            "Content-Type": "application/json",
+            **self.headers,
+            **(headers or {}),
+        }
         if token:
             request_headers["Authorization"] = f"Bearer {token}"
         if cookies:
@@ -204,20 +215,30 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@asynccontextmanager
+async def backend_server(tmp: Path, backend: str, **overrides: Any) -> AsyncIterator[RunningServer]:
+    """A server on ``backend``: SQLite under ``tmp``, or a scratch PostgreSQL database.
+
+    ``overrides`` are settings on top of :func:`make_settings`.
+    """
+    async with AsyncExitStack() as stack:
+        if backend == "postgresql":
+            require_service("PostgreSQL", POSTGRES_URL, 5432)
+            url = await stack.enter_async_context(scratch_database())
+            overrides = {"database_url": url, **overrides}
+        runner, running = await start_server(make_settings(tmp, backend, **overrides))
+        try:
+            yield running
+        finally:
+            await runner.cleanup()
+
+
 @pytest_asyncio.fixture(scope="session")
 async def server(
     backend: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[RunningServer]:
-    tmp = tmp_path_factory.mktemp(backend)
-    if backend == "sqlite":
-        runner, running = await start_server(make_settings(tmp, backend))
+    async with backend_server(tmp_path_factory.mktemp(backend), backend) as running:
         yield running
-        await runner.cleanup()
-        return
-    async with scratch_database() as url:
-        runner, running = await start_server(make_settings(tmp, backend, database_url=url))
-        yield running
-        await runner.cleanup()
 
 
 @pytest_asyncio.fixture

@@ -11,8 +11,8 @@ open.
     scenario.queue(stream(openai_text(["Hel", "lo"], usage=(12, 5))))
     # addLlmCredential(provider: OPENAI, baseUrl: scenario.openai_base)
 
-:func:`chat_server` starts a Kind Robots server whose SSRF allow-list admits
-these local servers, on SQLite or on a scratch PostgreSQL database.
+:func:`deploy_on_fake` gives a test an agent whose credential points at a
+scenario of its own; tests/llm_fixtures.py has the servers that may call the fake.
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
@@ -34,14 +33,9 @@ from kindrobots.db.models import Message
 from kindrobots.ids import from_global_id
 from tests.chat_helpers import CHAT, Deployed, deploy
 from tests.conftest import (
-    POSTGRES_URL,
     Account,
     Client,
     RunningServer,
-    make_settings,
-    require_service,
-    scratch_database,
-    start_server,
 )
 from tests.servers import start_app
 
@@ -400,31 +394,7 @@ async def _until_closed(request: web.Request) -> None:
         await asyncio.sleep(0.01)
 
 
-# --- A Kind Robots server that may call the fakes ------------------------------------
-
-
-@asynccontextmanager
-async def chat_server(
-    tmp: Path, backend: str, allow: Sequence[str]
-) -> AsyncIterator[RunningServer]:
-    """A Kind Robots server on ``backend`` whose SSRF allow-list is ``allow`` (host:port)."""
-    allowed = ",".join(allow)
-    if backend == "sqlite":
-        runner, running = await start_server(make_settings(tmp, backend, outbound_allow=allowed))
-        try:
-            yield running
-        finally:
-            await runner.cleanup()
-        return
-    require_service("PostgreSQL", POSTGRES_URL, 5432)
-    async with scratch_database() as url:
-        runner, running = await start_server(
-            make_settings(tmp, backend, database_url=url, outbound_allow=allowed)
-        )
-        try:
-            yield running
-        finally:
-            await runner.cleanup()
+# --- Deploying against the fakes ------------------------------------------------------
 
 
 ADD_CREDENTIAL = """

@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from tests.conftest import Account, Client, RunningServer, sign_up
-from tests.fake_llm import FakeLLM, chat_server
+from tests.conftest import Account, Client, RunningServer, backend_server, sign_up
+from tests.fake_llm import FakeLLM
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -39,8 +39,9 @@ async def llm_server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[RunningServer]:
     backend = str(request.param)
-    allow = [fake.host_port, *llm_allow]
-    async with chat_server(tmp_path_factory.mktemp(backend), backend, allow) as server:
+    allow = ",".join([fake.host_port, *llm_allow])
+    tmp = tmp_path_factory.mktemp(backend)
+    async with backend_server(tmp, backend, outbound_allow=allow) as server:
         yield server
 
 

@@ -79,25 +79,8 @@ class ForwardedClient(Client):
     """A client behind the trusted proxy: every request says it comes from ``ip``."""
 
     def __init__(self, http: aiohttp.ClientSession, base_url: str, ip: str) -> None:
-        super().__init__(http, base_url)
+        super().__init__(http, base_url, headers={"X-Forwarded-For": ip})
         self.ip = ip
-
-    async def execute(
-        self,
-        query: str,
-        variables: dict[str, Any] | None = None,
-        *,
-        token: str | None = None,
-        cookies: dict[str, str] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Response:
-        return await super().execute(
-            query,
-            variables,
-            token=token,
-            cookies=cookies,
-            headers={"X-Forwarded-For": self.ip, **(headers or {})},
-        )
 
 
 def sign_up_input(email: str) -> dict[str, Any]:

@@ -15,8 +15,8 @@ from kindrobots.db.models import Project
 from kindrobots.ids import from_global_id, to_global_id
 from kindrobots.security.errors import BadUserInput
 from kindrobots.security.origins import MAX_ORIGINS, normalize_origin, normalize_origins
-from tests.conftest import Account, Client, Response, RunningServer, set_tier
-from tests.org_helpers import add_member, quick_account
+from tests.conftest import Account, Client, Response, RunningServer
+from tests.org_helpers import owner_editor_viewer, quick_account
 from tests.servers import Listener
 from tests.test_agents import new_agent
 
@@ -465,12 +465,8 @@ async def test_delete_removes_the_project_and_its_key(
 async def test_editors_manage_projects_and_viewers_only_read(
     client: Client, server: RunningServer
 ) -> None:
-    owner = await quick_account(server)
-    await set_tier(server, owner.organization_id, "ENTERPRISE")
-    editor = await add_member(client, server, owner, owner.organization_id, "EDITOR")
-    viewer = await add_member(client, server, owner, owner.organization_id, "VIEWER")
-    as_editor = Account(**{**vars(editor), "organization_id": owner.organization_id})
-    as_viewer = Account(**{**vars(viewer), "organization_id": owner.organization_id})
+    owner, as_editor, as_viewer = await owner_editor_viewer(client, server)
+    editor, viewer = as_editor, as_viewer  # the same users and tokens
     agent = await new_agent(client, owner)
 
     project = await new_project(client, as_editor, agent["id"])

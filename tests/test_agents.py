@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from kindrobots.db.models import Agent, AgentManifest
 from kindrobots.ids import from_global_id, to_global_id
 from tests.conftest import Account, Client, Response, RunningServer
+from tests.documents import one_operation
 from tests.org_helpers import owner_editor_viewer, quick_account
 
 AGENT_FIELDS = """
@@ -48,16 +49,6 @@ CREATE_PROJECT = """
 mutation Create($input: CreateProjectInput!) { createProject(input: $input) { id } }
 """
 DELETE_PROJECT = "mutation Delete($id: ID!) { deleteProject(id: $id) }"
-
-
-def minimal_openapi(operation_id: str) -> str:
-    return json.dumps(
-        {
-            "openapi": "3.1.0",
-            "info": {"title": operation_id, "version": "1"},
-            "paths": {f"/{operation_id}": {"get": {"operationId": operation_id}}},
-        }
-    )
 
 
 async def create_agent(client: Client, account: Account, **fields: Any) -> Response:
@@ -104,7 +95,7 @@ async def new_manifest(client: Client, account: Account, name: str) -> str:
             "input": {
                 "organizationId": account.organization_id,
                 "name": name,
-                "openapi": minimal_openapi(name.replace(" ", "")),
+                "openapi": one_operation(name.replace(" ", "")),
             }
         },
         token=account.access_token,

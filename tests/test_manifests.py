@@ -30,6 +30,7 @@ from tests.conftest import (
     make_settings,
     start_server,
 )
+from tests.documents import openapi_document as document
 from tests.org_helpers import quick_account
 from tests.servers import Listener, serving
 
@@ -72,20 +73,6 @@ query Agent($id: ID!) {
 
 def data_file(name: str) -> str:
     return (DATA / name).read_text(encoding="utf-8")
-
-
-def document(
-    paths: dict[str, Any] | None = None, extra: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """A minimal valid OpenAPI 3.0 document, with ``extra`` top-level keys."""
-    return {
-        "openapi": "3.0.3",
-        "info": {"title": "Test API", "version": "1.0.0"},
-        "paths": {"/ping": {"get": {"operationId": "ping", "responses": {}}}}
-        if paths is None
-        else paths,
-        **(extra or {}),
-    }
 
 
 def many_operations(count: int) -> str:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
-from tests.conftest import Account, Client, RunningServer
+from tests.conftest import Account, Client
 
 CREATE_AGENT = """
 mutation($input: CreateAgentInput!) { createAgent(input: $input) { id } }
@@ -81,9 +83,39 @@ async def deploy(
     return Deployed(agent_id, data["id"], data["publishableKey"])
 
 
+class Served(Protocol):
+    """A Kind Robots server, in this process or another: where its WebSocket is."""
+
+    @property
+    def ws_url(self) -> str: ...
+
+
+@asynccontextmanager
+async def widget_socket(
+    http: aiohttp.ClientSession,
+    server: Served,
+    project_key: str,
+    *,
+    origin: str | None = ORIGIN,
+    token: str | None = None,
+) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+    """A widget WebSocket past ``connection_ack``, for tests that drive it frame by frame."""
+    headers = {"Origin": origin} if origin else {}
+    payload: dict[str, Any] = {"projectKey": project_key}
+    if token:
+        payload["token"] = token
+    async with http.ws_connect(
+        server.ws_url, protocols=["graphql-transport-ws"], headers=headers
+    ) as ws:
+        await ws.send_json({"type": "connection_init", "payload": payload})
+        ack = await ws.receive_json(timeout=10)
+        assert ack["type"] == "connection_ack", ack
+        yield ws
+
+
 async def widget_chat(
     http: aiohttp.ClientSession,
-    server: RunningServer,
+    server: Served,
     project_key: str,
     message: str,
     *,
@@ -92,17 +124,8 @@ async def widget_chat(
     conversation_id: str | None = None,
 ) -> list[dict[str, Any]]:
     """Connect as a widget, send one message, return every chat event until complete."""
-    headers = {"Origin": origin} if origin else {}
-    payload: dict[str, Any] = {"projectKey": project_key}
-    if token:
-        payload["token"] = token
     events: list[dict[str, Any]] = []
-    async with http.ws_connect(
-        server.ws_url, protocols=["graphql-transport-ws"], headers=headers
-    ) as ws:
-        await ws.send_json({"type": "connection_init", "payload": payload})
-        ack = await ws.receive_json(timeout=10)
-        assert ack["type"] == "connection_ack", ack
+    async with widget_socket(http, server, project_key, origin=origin, token=token) as ws:
         variables = {"input": {"message": message, "conversationId": conversation_id}}
         await ws.send_json(
             {"type": "subscribe", "id": "1", "payload": {"query": CHAT, "variables": variables}}

@@ -12,7 +12,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -40,6 +40,7 @@ from kindrobots.db.models import Organization
 from kindrobots.ids import from_global_id
 from kindrobots.security import redaction
 from kindrobots.server import SERVICES, create_app
+from tests.servers import Listener, listening, start_app
 
 POSTGRES_URL = os.environ.get(
     "KR_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -48,6 +49,9 @@ REDIS_URL = os.environ.get("KR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 REQUIRE_SERVICES = os.environ.get("KR_TEST_REQUIRE_SERVICES") == "1"
 
 redaction.install()
+
+# Fixtures of the chat tests against a fake LLM provider: fake, llm_server, account.
+pytest_plugins = ["tests.llm_fixtures"]
 
 
 def _reachable(url: str, default_port: int) -> bool:
@@ -132,9 +136,16 @@ class Response:
 class Client:
     """GraphQL over real HTTP; bearer tokens and cookies are explicit, never ambient."""
 
-    def __init__(self, http: aiohttp.ClientSession, base_url: str) -> None:
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        base_url: str,
+        *,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.http = http
         self.base_url = base_url
+        self.headers = headers or {}  # sent with every request, under the call's own
 
     async def execute(
         self,
@@ -145,7 +156,11 @@ class Client:
         cookies: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
     ) -> Response:
-        request_headers = {"Content-Type": "application/json", **(headers or {})}
+        request_headers = {
+            "Content-Type": "application/json",
+            **self.headers,
+            **(headers or {}),
+        }
         if token:
             request_headers["Authorization"] = f"Bearer {token}"
         if cookies:
@@ -195,11 +210,7 @@ async def start_server(settings: Settings) -> tuple[web.AppRunner, RunningServer
     app = create_app(settings)
     services = app[SERVICES]
     await upgrade(services.engine, audit_key=settings.audit_key)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    runner, port = await start_app(app)
     backend = "postgresql" if settings.database_url.startswith("postgresql") else "sqlite"
     return runner, RunningServer(f"http://127.0.0.1:{port}", settings, services, backend)
 
@@ -211,20 +222,37 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@asynccontextmanager
+async def backend_server(tmp: Path, backend: str, **overrides: Any) -> AsyncIterator[RunningServer]:
+    """A server on ``backend``: SQLite under ``tmp``, or a scratch PostgreSQL database.
+
+    ``overrides`` are settings on top of :func:`make_settings`.
+    """
+    async with AsyncExitStack() as stack:
+        if backend == "postgresql":
+            require_service("PostgreSQL", POSTGRES_URL, 5432)
+            url = await stack.enter_async_context(scratch_database())
+            overrides = {"database_url": url, **overrides}
+        runner, running = await start_server(make_settings(tmp, backend, **overrides))
+        try:
+            yield running
+        finally:
+            await runner.cleanup()
+
+
 @pytest_asyncio.fixture(scope="session")
 async def server(
     backend: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[RunningServer]:
-    tmp = tmp_path_factory.mktemp(backend)
-    if backend == "sqlite":
-        runner, running = await start_server(make_settings(tmp, backend))
+    async with backend_server(tmp_path_factory.mktemp(backend), backend) as running:
         yield running
-        await runner.cleanup()
-        return
-    async with scratch_database() as url:
-        runner, running = await start_server(make_settings(tmp, backend, database_url=url))
-        yield running
-        await runner.cleanup()
+
+
+@pytest_asyncio.fixture
+async def listener() -> AsyncIterator[Listener]:
+    """A local TCP port that records connections: proof that nothing connected to it."""
+    async with listening() as record:
+        yield record
 
 
 @pytest_asyncio.fixture(scope="session")

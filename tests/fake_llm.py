@@ -11,8 +11,8 @@ open.
     scenario.queue(stream(openai_text(["Hel", "lo"], usage=(12, 5))))
     # addLlmCredential(provider: OPENAI, baseUrl: scenario.openai_base)
 
-:func:`chat_server` starts a Kind Robots server whose SSRF allow-list admits
-these local servers, on SQLite or on a scratch PostgreSQL database.
+:func:`deploy_on_fake` gives a test an agent whose credential points at a
+scenario of its own; tests/llm_fixtures.py has the servers that may call the fake.
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
@@ -32,17 +31,13 @@ from sqlalchemy import select
 
 from kindrobots.db.models import Message
 from kindrobots.ids import from_global_id
-from tests.chat_helpers import CHAT, ORIGIN
+from tests.chat_helpers import CHAT, Deployed, deploy
 from tests.conftest import (
-    POSTGRES_URL,
     Account,
     Client,
     RunningServer,
-    make_settings,
-    require_service,
-    scratch_database,
-    start_server,
 )
+from tests.servers import start_app
 
 Ending = Literal["finish", "cut", "hold"]
 HOLD_LIMIT = 30.0  # a held reply gives up after this long, so no handler outlives a test
@@ -321,9 +316,9 @@ class Scenario:
 class FakeLLM:
     """The fake provider server; both APIs, every scenario, one port."""
 
-    def __init__(self, runner: web.AppRunner, port: int) -> None:
-        self.runner = runner
-        self.port = port
+    def __init__(self) -> None:
+        self.runner: web.AppRunner | None = None
+        self.port = 0
         self.scenarios: dict[str, Scenario] = {}
 
     @property
@@ -333,18 +328,15 @@ class FakeLLM:
     @classmethod
     async def start(cls) -> FakeLLM:
         app = web.Application()
-        runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
-        fake = cls(runner, 0)
+        fake = cls()
         app.router.add_post("/s/{scenario}/v1/chat/completions", fake._handle)
         app.router.add_post("/s/{scenario}/v1/messages", fake._handle)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        fake.port = int(runner.addresses[0][1])
+        fake.runner, fake.port = await start_app(app, shutdown_timeout=1.0, access_log=None)
         return fake
 
     async def stop(self) -> None:
-        await self.runner.cleanup()
+        if self.runner is not None:
+            await self.runner.cleanup()
 
     def scenario(self) -> Scenario:
         scenario = Scenario(self, uuid.uuid4().hex[:12])
@@ -402,31 +394,7 @@ async def _until_closed(request: web.Request) -> None:
         await asyncio.sleep(0.01)
 
 
-# --- A Kind Robots server that may call the fakes ------------------------------------
-
-
-@asynccontextmanager
-async def chat_server(
-    tmp: Path, backend: str, allow: Sequence[str]
-) -> AsyncIterator[RunningServer]:
-    """A Kind Robots server on ``backend`` whose SSRF allow-list is ``allow`` (host:port)."""
-    allowed = ",".join(allow)
-    if backend == "sqlite":
-        runner, running = await start_server(make_settings(tmp, backend, outbound_allow=allowed))
-        try:
-            yield running
-        finally:
-            await runner.cleanup()
-        return
-    require_service("PostgreSQL", POSTGRES_URL, 5432)
-    async with scratch_database() as url:
-        runner, running = await start_server(
-            make_settings(tmp, backend, database_url=url, outbound_allow=allowed)
-        )
-        try:
-            yield running
-        finally:
-            await runner.cleanup()
+# --- Deploying against the fakes ------------------------------------------------------
 
 
 ADD_CREDENTIAL = """
@@ -455,6 +423,38 @@ async def add_credential(
     return str(response.data["addLlmCredential"]["id"])
 
 
+@dataclass
+class Setup:
+    """An agent and a project of ``account`` whose credential points at a fresh scenario."""
+
+    client: Client
+    account: Account
+    scenario: Scenario
+    deployed: Deployed
+
+
+async def deploy_on_fake(
+    server: RunningServer,
+    http: aiohttp.ClientSession,
+    fake: FakeLLM,
+    account: Account,
+    *,
+    provider: str,
+    model: str,
+    api_key: str,
+    manifest_ids: list[str] | None = None,
+) -> Setup:
+    """A scenario of its own, a ``provider`` credential pointing at it, an agent using it."""
+    client = Client(http, server.base_url)
+    scenario = fake.scenario()
+    base = scenario.anthropic_base if provider == "ANTHROPIC" else scenario.openai_base
+    credential = await add_credential(client, account, provider, base, api_key)
+    deployed = await deploy(
+        client, account, credential_id=credential, manifest_ids=manifest_ids, model=model
+    )
+    return Setup(client, account, scenario, deployed)
+
+
 # --- Reading back what the server did -------------------------------------------------
 
 
@@ -478,20 +478,6 @@ async def wait_for_partial(server: RunningServer, conversation_id: str) -> Messa
                 if message.role == "assistant" and message.partial:
                     return message
             await asyncio.sleep(0.02)
-
-
-@asynccontextmanager
-async def widget_socket(
-    http: aiohttp.ClientSession, server: RunningServer, project_key: str
-) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
-    """A widget WebSocket past ``connection_ack``, for tests that drive it frame by frame."""
-    async with http.ws_connect(
-        server.ws_url, protocols=["graphql-transport-ws"], headers={"Origin": ORIGIN}
-    ) as ws:
-        await ws.send_json({"type": "connection_init", "payload": {"projectKey": project_key}})
-        ack = await ws.receive_json(timeout=10)
-        assert ack["type"] == "connection_ack", ack
-        yield ws
 
 
 async def subscribe_chat(

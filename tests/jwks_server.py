@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from tests.servers import start_app
+
 ISSUER = "https://id.customer.example"
 AUDIENCE = "kind-robots-widget"
 
@@ -153,11 +155,7 @@ class JwksServer:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/{prefix}/jwks.json", self._serve)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await start_app(app, access_log=None)
 
     async def close(self) -> None:
         if self._runner is not None:

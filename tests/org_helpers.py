@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from argon2 import PasswordHasher
 
@@ -212,6 +212,29 @@ async def audit_events(
     )
     assert response.errors == [], response.errors
     return [edge["node"] for edge in response.data["organization"]["auditLog"]["edges"]]
+
+
+class Staff(NamedTuple):
+    """An Enterprise organization's owner, and an editor and a viewer acting in it."""
+
+    owner: Account
+    editor: Account
+    viewer: Account
+
+
+def acting_in(account: Account, organization_id: str) -> Account:
+    """``account`` (same user, same tokens) working in ``organization_id``."""
+    return Account(**{**vars(account), "organization_id": organization_id})
+
+
+async def owner_editor_viewer(client: Client, server: RunningServer) -> Staff:
+    owner = await quick_account(server)
+    await set_tier(server, owner.organization_id, "ENTERPRISE")
+    editor = await add_member(client, server, owner, owner.organization_id, "EDITOR")
+    viewer = await add_member(client, server, owner, owner.organization_id, "VIEWER")
+    return Staff(
+        owner, acting_in(editor, owner.organization_id), acting_in(viewer, owner.organization_id)
+    )
 
 
 @dataclass

@@ -12,8 +12,9 @@ from sqlalchemy import func, select
 
 from kindrobots.db.models import Agent, AgentManifest
 from kindrobots.ids import from_global_id, to_global_id
-from tests.conftest import Account, Client, Response, RunningServer, set_tier
-from tests.org_helpers import add_member, quick_account
+from tests.conftest import Account, Client, Response, RunningServer
+from tests.documents import one_operation
+from tests.org_helpers import owner_editor_viewer, quick_account
 
 AGENT_FIELDS = """
   id name systemPrompt model temperature createdAt updatedAt
@@ -48,16 +49,6 @@ CREATE_PROJECT = """
 mutation Create($input: CreateProjectInput!) { createProject(input: $input) { id } }
 """
 DELETE_PROJECT = "mutation Delete($id: ID!) { deleteProject(id: $id) }"
-
-
-def minimal_openapi(operation_id: str) -> str:
-    return json.dumps(
-        {
-            "openapi": "3.1.0",
-            "info": {"title": operation_id, "version": "1"},
-            "paths": {f"/{operation_id}": {"get": {"operationId": operation_id}}},
-        }
-    )
 
 
 async def create_agent(client: Client, account: Account, **fields: Any) -> Response:
@@ -104,7 +95,7 @@ async def new_manifest(client: Client, account: Account, name: str) -> str:
             "input": {
                 "organizationId": account.organization_id,
                 "name": name,
-                "openapi": minimal_openapi(name.replace(" ", "")),
+                "openapi": one_operation(name.replace(" ", "")),
             }
         },
         token=account.access_token,
@@ -384,12 +375,8 @@ async def test_other_organizations_agents_are_not_found(
 async def test_editors_manage_agents_and_viewers_only_read(
     client: Client, server: RunningServer
 ) -> None:
-    owner = await quick_account(server)
-    await set_tier(server, owner.organization_id, "ENTERPRISE")
-    editor = await add_member(client, server, owner, owner.organization_id, "EDITOR")
-    viewer = await add_member(client, server, owner, owner.organization_id, "VIEWER")
-    as_editor = Account(**{**vars(editor), "organization_id": owner.organization_id})
-    as_viewer = Account(**{**vars(viewer), "organization_id": owner.organization_id})
+    _owner, as_editor, as_viewer = await owner_editor_viewer(client, server)
+    editor, viewer = as_editor, as_viewer  # the same users and tokens
 
     agent = await new_agent(client, as_editor, name="By editor")
     updated = await update_agent(client, as_editor, agent["id"], name="Edited")

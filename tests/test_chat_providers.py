@@ -12,14 +12,13 @@ import asyncio
 import functools
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import pytest
-import pytest_asyncio
 from strawberry.types import ExecutionResult
 
 from kindrobots.auth.widgets import authenticate_widget
@@ -28,15 +27,14 @@ from kindrobots.context import RequestContext
 from kindrobots.ids import to_global_id
 from kindrobots.schema import build_schema
 from kindrobots.security import ssrf
-from tests.chat_helpers import CHAT, ORIGIN, Deployed, deploy, widget_chat
-from tests.conftest import Account, Client, RunningServer, sign_up
+from tests.chat_helpers import CHAT, ORIGIN, widget_chat, widget_socket
+from tests.conftest import Account, RunningServer
 from tests.fake_llm import (
     FakeLLM,
     Reply,
-    Scenario,
-    add_credential,
+    Setup,
     anthropic_text,
-    chat_server,
+    deploy_on_fake,
     error,
     next_event,
     openai_text,
@@ -46,7 +44,6 @@ from tests.fake_llm import (
     streamed_text,
     subscribe_chat,
     wait_for_partial,
-    widget_socket,
 )
 
 # No recognisable shape (sk-…), so log redaction by pattern would not hide a leak.
@@ -60,10 +57,6 @@ class Dialect:
     model: str
     frames: Callable[..., list[bytes]]
     usage: tuple[int, int]
-
-    def base_url(self, scenario: Scenario) -> str:
-        anthropic = self.provider == "ANTHROPIC"
-        return scenario.anthropic_base if anthropic else scenario.openai_base
 
     def text(self, parts: Sequence[str], *, done: bool = True) -> list[bytes]:
         return self.frames(parts, self.usage, done=done)
@@ -94,36 +87,6 @@ DIALECTS = [
 ]
 
 
-@pytest_asyncio.fixture(scope="module")
-async def fake() -> AsyncIterator[FakeLLM]:
-    fake = await FakeLLM.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest_asyncio.fixture(scope="module", params=["sqlite", "postgresql"])
-async def llm_server(
-    request: pytest.FixtureRequest, fake: FakeLLM, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[RunningServer]:
-    backend = str(request.param)
-    async with chat_server(tmp_path_factory.mktemp(backend), backend, [fake.host_port]) as server:
-        yield server
-
-
-@pytest_asyncio.fixture(scope="module")
-async def account(llm_server: RunningServer, http: aiohttp.ClientSession) -> Account:
-    """One organization per server: each test deploys its own credential, agent and project."""
-    return await sign_up(Client(http, llm_server.base_url))
-
-
-@dataclass
-class Setup:
-    server: RunningServer
-    client: Client
-    scenario: Scenario
-    deployed: Deployed
-
-
 async def set_up(
     server: RunningServer,
     http: aiohttp.ClientSession,
@@ -131,13 +94,9 @@ async def set_up(
     account: Account,
     dialect: Dialect,
 ) -> Setup:
-    client = Client(http, server.base_url)
-    scenario = fake.scenario()
-    credential = await add_credential(
-        client, account, dialect.provider, dialect.base_url(scenario), API_KEY
+    return await deploy_on_fake(
+        server, http, fake, account, provider=dialect.provider, model=dialect.model, api_key=API_KEY
     )
-    deployed = await deploy(client, account, credential_id=credential, model=dialect.model)
-    return Setup(server, client, scenario, deployed)
 
 
 def assert_key_sent(dialect: Dialect, headers: dict[str, str]) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.chat_helpers import CHAT, ORIGIN, deploy, widget_chat
+from tests.chat_helpers import CHAT, deploy, widget_chat, widget_socket
 from tests.conftest import Client, RunningServer, sign_up
 from tests.org_helpers import build_team, remove
 from tests.test_live_feed import LiveFeed, error_codes, in_process
@@ -40,13 +40,7 @@ async def _open_widget_then_change(
     """Chat once on an open widget socket, apply ``change``, and chat again on it."""
     account = await sign_up(client)
     deployed = await deploy(client, account)
-    async with http.ws_connect(
-        server.ws_url, protocols=["graphql-transport-ws"], headers={"Origin": ORIGIN}
-    ) as ws:
-        await ws.send_json(
-            {"type": "connection_init", "payload": {"projectKey": deployed.project_key}}
-        )
-        assert (await ws.receive_json(timeout=10))["type"] == "connection_ack"
+    async with widget_socket(http, server, deployed.project_key) as ws:
         assert await _next_answer_codes(ws, "before") == []
         variables = {**variables, "id": deployed.project_id}
         changed = await client.execute(

@@ -15,22 +15,22 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from tests.chat_helpers import Deployed, deploy, widget_chat
-from tests.conftest import Account, Client, RunningServer, sign_up
+from tests.chat_helpers import widget_chat
+from tests.conftest import Account, Client, RunningServer
 from tests.fake_llm import (
     FakeLLM,
     FakeToolCall,
-    Scenario,
-    add_credential,
+    Setup,
     anthropic_text,
     anthropic_tool_use,
-    chat_server,
+    deploy_on_fake,
     openai_text,
     openai_tool_calls,
     stored_messages,
     stream,
     streamed_text,
 )
+from tests.servers import serving
 
 API_KEY = "fakekey-tools-5hR8kP2w"
 DOCUMENT = Path(__file__).parent / "data" / "orders-api.yaml"
@@ -70,51 +70,17 @@ class OrdersApi:
 
 
 @pytest_asyncio.fixture(scope="module")
-async def fake() -> AsyncIterator[FakeLLM]:
-    fake = await FakeLLM.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest_asyncio.fixture(scope="module")
 async def orders_api() -> AsyncIterator[OrdersApi]:
     api = OrdersApi()
     app = web.Application()
     app.router.add_get("/api/orders/{order_id}", api.order)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    api.port = int(runner.addresses[0][1])
-    yield api
-    await runner.cleanup()
+    async with serving(app, access_log=None) as api.port:
+        yield api
 
 
-@pytest_asyncio.fixture(scope="module", params=["sqlite", "postgresql"])
-async def llm_server(
-    request: pytest.FixtureRequest,
-    fake: FakeLLM,
-    orders_api: OrdersApi,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[RunningServer]:
-    backend = str(request.param)
-    allow = [fake.host_port, f"127.0.0.1:{orders_api.port}"]
-    async with chat_server(tmp_path_factory.mktemp(backend), backend, allow) as server:
-        yield server
-
-
-@pytest_asyncio.fixture(scope="module")
-async def account(llm_server: RunningServer, http: aiohttp.ClientSession) -> Account:
-    """One organization per server: each test deploys its own credential, agent and project."""
-    return await sign_up(Client(http, llm_server.base_url))
-
-
-@dataclass
-class Setup:
-    client: Client
-    account: Account
-    scenario: Scenario
-    deployed: Deployed
+@pytest.fixture(scope="module")
+def llm_allow(orders_api: OrdersApi) -> list[str]:
+    return [f"127.0.0.1:{orders_api.port}"]
 
 
 async def set_up(
@@ -126,9 +92,6 @@ async def set_up(
     provider: str,
 ) -> Setup:
     client = Client(http, server.base_url)
-    scenario = fake.scenario()
-    base = scenario.anthropic_base if provider == "ANTHROPIC" else scenario.openai_base
-    credential = await add_credential(client, account, provider, base, API_KEY)
     document = DOCUMENT.read_text()
     assert DOCUMENT_SERVER in document
     manifest = await client.execute(
@@ -143,15 +106,18 @@ async def set_up(
         token=account.access_token,
     )
     assert manifest.errors == [], manifest.errors
-    deployed = await deploy(
-        client,
+    setup = await deploy_on_fake(
+        server,
+        http,
+        fake,
         account,
-        credential_id=credential,
-        manifest_ids=[manifest.data["createManifest"]["id"]],
+        provider=provider,
         model="gpt-4o-mini" if provider != "ANTHROPIC" else "claude-3-5-haiku-latest",
+        api_key=API_KEY,
+        manifest_ids=[manifest.data["createManifest"]["id"]],
     )
     orders_api.requests.clear()
-    return Setup(client, account, scenario, deployed)
+    return setup
 
 
 # The arguments as the model streams them: split mid-key and mid-value.

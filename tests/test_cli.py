@@ -18,16 +18,10 @@ from pathlib import Path
 import pytest
 
 from kindrobots.config import load_settings
+from tests.processes import clean_env, free_port
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 COMMITTED_SCHEMA = REPOSITORY / "schema.graphql"
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The caller's environment without any KR_* variable, plus ``extra``."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("KR_")}
-    env.update(extra)
-    return env
 
 
 def kindrobots(
@@ -123,12 +117,6 @@ def test_unknown_command_is_a_usage_error(tmp_path: Path) -> None:
     result = kindrobots("frobnicate", cwd=tmp_path)
     assert result.returncode == 2
     assert "usage" in result.stderr.lower()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def get(port: int, path: str) -> tuple[int, dict[str, object]]:

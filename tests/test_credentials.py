@@ -19,7 +19,6 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from sqlalchemy import insert, inspect, select, text, update
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from kindrobots.cli import rotate_keys
@@ -37,6 +36,7 @@ from tests.conftest import (
     RunningServer,
     make_settings,
     require_service,
+    scratch_database,
     set_tier,
     sign_up,
     start_server,
@@ -466,16 +466,8 @@ async def rotation_database(request: pytest.FixtureRequest, tmp_path: Path) -> A
         yield f"sqlite+aiosqlite:///{tmp_path}/rotate.db"
         return
     require_service("PostgreSQL", POSTGRES_URL, 5432)
-    name = f"kr_rotate_{uuid.uuid4().hex[:12]}"
-    admin = create_async_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as connection:
-            await connection.execute(text(f'CREATE DATABASE "{name}"'))
-        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        async with admin.connect() as connection:
-            await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await admin.dispose()
+    async with scratch_database() as url:
+        yield url
 
 
 async def seeded(

@@ -30,7 +30,9 @@ from tests.conftest import (
     make_settings,
     start_server,
 )
+from tests.documents import openapi_document as document
 from tests.org_helpers import quick_account
+from tests.servers import Listener, serving
 
 DATA = Path(__file__).parent / "data"
 
@@ -71,20 +73,6 @@ query Agent($id: ID!) {
 
 def data_file(name: str) -> str:
     return (DATA / name).read_text(encoding="utf-8")
-
-
-def document(
-    paths: dict[str, Any] | None = None, extra: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """A minimal valid OpenAPI 3.0 document, with ``extra`` top-level keys."""
-    return {
-        "openapi": "3.0.3",
-        "info": {"title": "Test API", "version": "1.0.0"},
-        "paths": {"/ping": {"get": {"operationId": "ping", "responses": {}}}}
-        if paths is None
-        else paths,
-        **(extra or {}),
-    }
 
 
 def many_operations(count: int) -> str:
@@ -626,29 +614,6 @@ async def test_a_document_of_one_megabyte_passes_and_one_byte_more_is_refused(
     assert await stored_manifests(server, account, "Too wide") == 0
 
 
-@dataclass
-class Listener:
-    """A TCP port that records every connection made to it."""
-
-    port: int = 0
-    connections: list[Any] = field(default_factory=list)
-
-
-@pytest_asyncio.fixture
-async def listener() -> AsyncIterator[Listener]:
-    record = Listener()
-
-    async def accept(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        record.connections.append(writer.get_extra_info("peername"))
-        writer.close()
-
-    tcp = await asyncio.start_server(accept, "127.0.0.1", 0)
-    record.port = tcp.sockets[0].getsockname()[1]
-    yield record
-    tcp.close()
-    await tcp.wait_closed()
-
-
 async def test_remote_refs_are_refused_without_fetching(
     client: Client, server: RunningServer, listener: Listener
 ) -> None:
@@ -839,13 +804,8 @@ async def documents() -> AsyncIterator[DocumentServer]:
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    record.port = int(runner.addresses[0][1])
-    yield record
-    await runner.cleanup()
+    async with serving(app) as record.port:
+        yield record
 
 
 async def import_manifest(client: Client, account: Account, name: str, url: str) -> Response:

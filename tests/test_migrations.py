@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,12 +12,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from kindrobots.db.migrate import alembic_config, upgrade
 from kindrobots.db.models import Base
-from tests.conftest import POSTGRES_URL, require_service
+from tests.conftest import POSTGRES_URL, require_service, scratch_database
 
 MODEL_TABLES = set(Base.metadata.tables)
 
@@ -114,18 +112,8 @@ async def test_the_comparison_notices_a_missing_table(tmp_path: Path) -> None:
 async def postgres_database() -> AsyncIterator[str]:
     """A fresh database of this test's own, beside (never inside) the shared ``test`` one."""
     require_service("PostgreSQL", POSTGRES_URL, 5432)
-    name = f"kr_migrate_{uuid.uuid4().hex[:12]}"
-    admin = create_async_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as connection:
-            await connection.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-        finally:
-            async with admin.connect() as connection:
-                await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        await admin.dispose()
+    async with scratch_database() as url:
+        yield url
 
 
 async def test_postgresql_migrations_match_the_models(postgres_database: str) -> None:

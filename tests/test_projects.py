@@ -6,19 +6,18 @@ import asyncio
 import re
 import socket
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import select
 
 from kindrobots.db.models import Project
 from kindrobots.errors import BadUserInput
 from kindrobots.ids import from_global_id, to_global_id
 from kindrobots.security.origins import MAX_ORIGINS, normalize_origin, normalize_origins
-from tests.conftest import Account, Client, Response, RunningServer, set_tier
-from tests.org_helpers import add_member, quick_account
+from tests.conftest import Account, Client, Response, RunningServer
+from tests.org_helpers import owner_editor_viewer, quick_account
+from tests.servers import Listener
 from tests.test_agents import new_agent
 
 PROJECT_FIELDS = """
@@ -356,29 +355,6 @@ async def test_null_clears_the_jwt_settings_and_omitted_keeps_them(
     assert kept.errors == [] and kept.data["updateProject"]["name"] == "Renamed", kept.body
 
 
-class Listener:
-    """A TCP port that records every connection made to it."""
-
-    def __init__(self) -> None:
-        self.port = 0
-        self.connections: list[Any] = []
-
-
-@pytest_asyncio.fixture
-async def listener() -> AsyncIterator[Listener]:
-    record = Listener()
-
-    async def accept(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        record.connections.append(writer.get_extra_info("peername"))
-        writer.close()
-
-    tcp = await asyncio.start_server(accept, "127.0.0.1", 0)
-    record.port = tcp.sockets[0].getsockname()[1]
-    yield record
-    tcp.close()
-    await tcp.wait_closed()
-
-
 async def test_internal_jwks_urls_are_refused_without_a_connection(
     client: Client, server: RunningServer, listener: Listener
 ) -> None:
@@ -519,12 +495,8 @@ async def test_delete_removes_the_project_and_its_key(
 async def test_editors_manage_projects_and_viewers_only_read(
     client: Client, server: RunningServer
 ) -> None:
-    owner = await quick_account(server)
-    await set_tier(server, owner.organization_id, "ENTERPRISE")
-    editor = await add_member(client, server, owner, owner.organization_id, "EDITOR")
-    viewer = await add_member(client, server, owner, owner.organization_id, "VIEWER")
-    as_editor = Account(**{**vars(editor), "organization_id": owner.organization_id})
-    as_viewer = Account(**{**vars(viewer), "organization_id": owner.organization_id})
+    owner, as_editor, as_viewer = await owner_editor_viewer(client, server)
+    editor, viewer = as_editor, as_viewer  # the same users and tokens
     agent = await new_agent(client, owner)
 
     project = await new_project(client, as_editor, agent["id"])

@@ -13,18 +13,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import os
 import random
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -35,11 +31,10 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import func, select
 
-from kindrobots.config import format_keys, generate_key
 from kindrobots.db.models import User
 from kindrobots.security import ratelimit
 from kindrobots.security.ratelimit import MemoryLimiter, RedisLimiter, address_key
-from tests.chat_helpers import CHAT, ORIGIN, deploy
+from tests.chat_helpers import CHAT, deploy, widget_socket
 from tests.conftest import (
     PASSWORD,
     POSTGRES_URL,
@@ -51,14 +46,13 @@ from tests.conftest import (
     RunningServer,
     make_settings,
     require_service,
-    scratch_database,
     set_tier,
     sign_up,
     start_server,
     unique_email,
 )
+from tests.processes import ROOT, free_port, instances, terminate
 
-ROOT = Path(__file__).resolve().parent.parent
 SIGN_IN = """
 mutation($input: SignInInput!) { signIn(input: $input) { accessToken user { email } } }
 """
@@ -85,25 +79,8 @@ class ForwardedClient(Client):
     """A client behind the trusted proxy: every request says it comes from ``ip``."""
 
     def __init__(self, http: aiohttp.ClientSession, base_url: str, ip: str) -> None:
-        super().__init__(http, base_url)
+        super().__init__(http, base_url, headers={"X-Forwarded-For": ip})
         self.ip = ip
-
-    async def execute(
-        self,
-        query: str,
-        variables: dict[str, Any] | None = None,
-        *,
-        token: str | None = None,
-        cookies: dict[str, str] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Response:
-        return await super().execute(
-            query,
-            variables,
-            token=token,
-            cookies=cookies,
-            headers={"X-Forwarded-For": self.ip, **(headers or {})},
-        )
 
 
 def sign_up_input(email: str) -> dict[str, Any]:
@@ -314,13 +291,7 @@ async def test_upgrading_the_tier_raises_the_project_chat_limit_without_a_restar
 
         # The plan counts a project's chat messages, whichever way they come: the widget's
         # chat subscription draws on the same 20 per minute.
-        async with http.ws_connect(
-            server.ws_url, protocols=["graphql-transport-ws"], headers={"Origin": ORIGIN}
-        ) as ws:
-            await ws.send_json(
-                {"type": "connection_init", "payload": {"projectKey": shop.project_key}}
-            )
-            assert (await ws.receive_json(timeout=10))["type"] == "connection_ack"
+        async with widget_socket(http, server, shop.project_key) as ws:
             widget = await ws_operation(ws, "chat", CHAT, {"input": {"message": "from widget"}})
             assert frame_codes(widget) == ["RATE_LIMITED"]
 
@@ -376,86 +347,8 @@ async def test_calls_refused_by_permission_do_not_spend_an_organizations_limit(
 # --- Two processes, one Redis ------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@dataclass
-class Instance:
-    process: asyncio.subprocess.Process
-    base_url: str
-    log: Path
-
-    def log_tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
-
-
-def process_env(
-    database_url: str, data_dir: Path, port: int, keys: dict[str, str]
-) -> dict[str, str]:
-    env = {name: value for name, value in os.environ.items() if not name.startswith("KR_")}
-    env.update(
-        {
-            "KR_ENV": "development",
-            "KR_DATABASE_URL": database_url,
-            "KR_REDIS_URL": REDIS_URL,
-            "KR_RATE_LIMITS": "true",
-            "KR_TRUSTED_PROXIES": "127.0.0.1",
-            "KR_HOST": "127.0.0.1",
-            "KR_PORT": str(port),
-            "KR_DATA_DIR": str(data_dir),
-            "KR_LOG_FORMAT": "text",
-            **keys,
-        }
-    )
-    return env
-
-
-@asynccontextmanager
-async def kindrobots_serve(
-    name: str, database_url: str, tmp: Path, keys: dict[str, str], http: aiohttp.ClientSession
-) -> AsyncIterator[Instance]:
-    """A ready ``python -m kindrobots serve`` process, stopped with SIGTERM afterwards."""
-    port = free_port()
-    data_dir = tmp / name
-    data_dir.mkdir()
-    log = tmp / f"{name}.log"
-    with log.open("wb") as output:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "kindrobots",
-            "serve",
-            env=process_env(database_url, data_dir, port, keys),
-            cwd=ROOT,
-            stdout=output,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-    instance = Instance(process, f"http://127.0.0.1:{port}", log)
-    try:
-        async with asyncio.timeout(60):
-            while True:
-                assert process.returncode is None, instance.log_tail()
-                try:
-                    async with http.get(f"{instance.base_url}/readyz") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        yield instance
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(30):
-                    await process.wait()
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+# Limits on, behind the trusted proxy on loopback, as every server of this module.
+LIMITED_PROCESS = {"KR_RATE_LIMITS": "true", "KR_TRUSTED_PROXIES": "127.0.0.1"}
 
 
 async def test_two_processes_on_one_redis_share_the_limit_exactly(
@@ -463,29 +356,7 @@ async def test_two_processes_on_one_redis_share_the_limit_exactly(
 ) -> None:
     require_service("PostgreSQL", POSTGRES_URL, 5432)
     require_service("Redis", REDIS_URL, 6379)
-    keys = {
-        "KR_SIGNING_KEYS": format_keys((generate_key("sig"),)),
-        "KR_ENCRYPTION_KEYS": format_keys((generate_key("enc"),)),
-    }
-    async with AsyncExitStack() as stack:
-        database_url = await stack.enter_async_context(scratch_database())
-        migrate = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "kindrobots",
-            "migrate",
-            env=process_env(database_url, tmp_path, free_port(), keys),
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        async with asyncio.timeout(120):
-            output, _ = await migrate.communicate()
-        assert migrate.returncode == 0, output.decode(errors="replace")
-        a, b = await asyncio.gather(
-            stack.enter_async_context(kindrobots_serve("a", database_url, tmp_path, keys, http)),
-            stack.enter_async_context(kindrobots_serve("b", database_url, tmp_path, keys, http)),
-        )
+    async with instances(http, tmp_path, LIMITED_PROCESS, cwd=ROOT) as (a, b):
         ip = fresh_ip()
         clients = [ForwardedClient(http, a.base_url, ip), ForwardedClient(http, b.base_url, ip)]
 
@@ -548,15 +419,9 @@ class RedisProcess:
 
     async def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None or process.returncode is not None:
+        if process is None:
             return
-        process.terminate()
-        try:
-            async with asyncio.timeout(10):
-                await process.wait()
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        await terminate(process, 10)
 
 
 @asynccontextmanager

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -13,19 +12,17 @@ from typing import Any
 
 import aiohttp
 import pytest
-import pytest_asyncio
 
 from kindrobots.chat import providers
 from kindrobots.ids import from_global_id, to_global_id
 from kindrobots.security import ssrf
-from tests.chat_helpers import Deployed, deploy, widget_chat
+from tests.chat_helpers import deploy, widget_chat
 from tests.conftest import Account, Client, Response, RunningServer, sign_up
 from tests.fake_llm import (
     FakeLLM,
     Reply,
-    Scenario,
-    add_credential,
-    chat_server,
+    Setup,
+    deploy_on_fake,
     error,
     openai_text,
     stored_messages,
@@ -42,44 +39,12 @@ mutation($input: ChatInput!) {
 """
 
 
-@pytest_asyncio.fixture(scope="module")
-async def fake() -> AsyncIterator[FakeLLM]:
-    fake = await FakeLLM.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest_asyncio.fixture(scope="module", params=["sqlite", "postgresql"])
-async def llm_server(
-    request: pytest.FixtureRequest, fake: FakeLLM, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[RunningServer]:
-    backend = str(request.param)
-    async with chat_server(tmp_path_factory.mktemp(backend), backend, [fake.host_port]) as server:
-        yield server
-
-
-@pytest_asyncio.fixture(scope="module")
-async def account(llm_server: RunningServer, http: aiohttp.ClientSession) -> Account:
-    """One organization per server: each test deploys its own credential, agent and project."""
-    return await sign_up(Client(http, llm_server.base_url))
-
-
-@dataclass
-class Setup:
-    client: Client
-    account: Account
-    scenario: Scenario
-    deployed: Deployed
-
-
 async def set_up(
     server: RunningServer, http: aiohttp.ClientSession, fake: FakeLLM, account: Account
 ) -> Setup:
-    client = Client(http, server.base_url)
-    scenario = fake.scenario()
-    credential = await add_credential(client, account, "OPENAI", scenario.openai_base, API_KEY)
-    deployed = await deploy(client, account, credential_id=credential, model="gpt-4o-mini")
-    return Setup(client, account, scenario, deployed)
+    return await deploy_on_fake(
+        server, http, fake, account, provider="OPENAI", model="gpt-4o-mini", api_key=API_KEY
+    )
 
 
 async def send(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -19,29 +18,7 @@ from kindrobots.security.ssrf import (
     check_url,
     outbound_request,
 )
-
-
-@dataclass
-class Listener:
-    """A TCP port that records every connection made to it."""
-
-    port: int
-    connections: list[Any] = field(default_factory=list)
-
-
-@pytest_asyncio.fixture
-async def listener() -> AsyncIterator[Listener]:
-    record = Listener(port=0)
-
-    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        record.connections.append(writer.get_extra_info("peername"))
-        writer.close()
-
-    server = await asyncio.start_server(accept, "127.0.0.1", 0)
-    record.port = server.sockets[0].getsockname()[1]
-    yield record
-    server.close()
-    await server.wait_closed()
+from tests.servers import Listener, start_app
 
 
 @pytest_asyncio.fixture
@@ -49,12 +26,9 @@ async def web_server() -> AsyncIterator[Callable[[web.Application], Any]]:
     runners: list[web.AppRunner] = []
 
     async def start(app: web.Application) -> int:
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
+        runner, port = await start_app(app)
         runners.append(runner)
-        return int(runner.addresses[0][1])
+        return port
 
     yield start
     for runner in runners:

@@ -23,14 +23,10 @@ import pytest_asyncio
 from kindrobots.security import jwks as jwks_module
 from tests.chat_helpers import ORIGIN, Deployed, deploy, widget_chat
 from tests.conftest import (
-    POSTGRES_URL,
     Client,
     RunningServer,
-    make_settings,
-    require_service,
-    scratch_database,
+    backend_server,
     sign_up,
-    start_server,
 )
 from tests.jwks_server import (
     AUDIENCE,
@@ -53,32 +49,15 @@ async def jwks() -> AsyncIterator[JwksServer]:
     await server.close()
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def auth_backend(request: pytest.FixtureRequest) -> str:
-    if request.param == "postgresql":
-        require_service("PostgreSQL", POSTGRES_URL, 5432)
-    return str(request.param)
-
-
-@pytest_asyncio.fixture(scope="module")
+@pytest_asyncio.fixture(scope="module", params=["sqlite", "postgresql"])
 async def auth_server(
-    auth_backend: str, jwks: JwksServer, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, jwks: JwksServer, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[RunningServer]:
     """A server that may fetch from the JWKS server (and, like production, nothing else local)."""
-    tmp = tmp_path_factory.mktemp(f"auth-{auth_backend}")
-    if auth_backend == "sqlite":
-        runner, running = await start_server(
-            make_settings(tmp, auth_backend, outbound_allow=jwks.host_port)
-        )
+    backend = str(request.param)
+    tmp = tmp_path_factory.mktemp(f"auth-{backend}")
+    async with backend_server(tmp, backend, outbound_allow=jwks.host_port) as running:
         yield running
-        await runner.cleanup()
-        return
-    async with scratch_database() as url:
-        runner, running = await start_server(
-            make_settings(tmp, auth_backend, outbound_allow=jwks.host_port, database_url=url)
-        )
-        yield running
-        await runner.cleanup()
 
 
 @pytest.fixture

@@ -18,11 +18,16 @@ from kindrobots.config import Settings
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
+    """The engine; its errors never carry bound parameters (project keys, chat text).
+
+    ``hide_parameters`` keeps them out of exception text and SQL logging, so no
+    traceback can put a customer's secret or message in a log line.
+    """
     url = make_url(settings.database_url)
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(
@@ -33,6 +38,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_timeout=settings.db_pool_timeout,
         pool_pre_ping=True,
         pool_recycle=1800,
+        hide_parameters=True,
     )
 
 

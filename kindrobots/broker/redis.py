@@ -93,6 +93,8 @@ class RedisBroker:
             connection_class=pool.connection_class, max_connections=1, **kwargs
         )
         self._subscribers: dict[str, set[Subscription]] = {}
+        # Channels Redis has confirmed on the current pub/sub connection.
+        self._confirmed: set[str] = set()
         self._reader: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._closed = False
@@ -108,7 +110,12 @@ class RedisBroker:
         """Best effort: during an outage the message is dropped, counted, logged once."""
         payload = json.dumps(message, separators=(",", ":"))
         try:
-            await self._redis.publish(PREFIX + channel, payload)
+            try:
+                await self._redis.publish(PREFIX + channel, payload)
+            except RedisConnectionError:
+                # A pooled connection may predate a Redis restart: it fails once and is
+                # dropped; the second try connects afresh (or fails at once if Redis is down).
+                await self._redis.publish(PREFIX + channel, payload)
         except UNREACHABLE as error:
             PUBLISH_FAILURES.inc()
             self._dropped_publishes += 1
@@ -126,6 +133,8 @@ class RedisBroker:
             raise BrokerUnavailable()
         subscription = Subscription(PREFIX + channel, self._queue_size)
         self._subscribers.setdefault(subscription.channel, set()).add(subscription)
+        if subscription.channel in self._confirmed:
+            subscription.mark_live()
         try:
             self._start_reader()
             self._wake.set()
@@ -189,11 +198,17 @@ class RedisBroker:
         sent: set[str] = set()  # channels SUBSCRIBE was sent for on this connection
         pending: dict[str, int] = {}  # SUBSCRIBE replies still to come, per channel
         read: asyncio.Task[Any] | None = None
+        self._confirmed.clear()
         try:
             await pubsub.subscribe(CONTROL)
             ping_sent: float | None = None
             last_heard = time.monotonic()
             while True:
+                # redis-py can swallow a cancellation that lands inside one of its calls;
+                # a cancelled or closed reader must stop all the same.
+                task = asyncio.current_task()
+                if self._closed or (task is not None and task.cancelling()):
+                    raise asyncio.CancelledError
                 self._wake.clear()
                 for channel in self._subscribers.keys() - sent:
                     sent.add(channel)
@@ -201,6 +216,7 @@ class RedisBroker:
                     await pubsub.subscribe(channel)
                 for channel in sent - self._subscribers.keys():
                     sent.discard(channel)
+                    self._confirmed.discard(channel)
                     await pubsub.unsubscribe(channel)
                 if read is None:
                     read = asyncio.create_task(pubsub.get_message(timeout=None))
@@ -222,6 +238,7 @@ class RedisBroker:
                     last_heard = ping_sent
                     await pubsub.ping()
         finally:
+            self._confirmed.clear()
             if read is not None:
                 read.cancel()
                 with contextlib.suppress(BaseException):
@@ -257,6 +274,7 @@ class RedisBroker:
                 return
             pending.pop(name, None)
             if name in sent:
+                self._confirmed.add(name)
                 for subscription in self._subscribers.get(name, ()):
                     subscription.mark_live()
 
@@ -310,8 +328,9 @@ class RedisBroker:
         self._closed = True
         if self._reader is not None:
             self._reader.cancel()
+            self._wake.set()
             with contextlib.suppress(BaseException):
-                await self._reader
+                await asyncio.wait_for(self._reader, 5)
             self._reader = None
         for subscriptions in self._subscribers.values():
             for subscription in subscriptions:

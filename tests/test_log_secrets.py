@@ -45,9 +45,7 @@ def test_short_pk_names_are_not_keys() -> None:
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-async def test_a_failing_statement_never_shows_its_parameters(
-    backend: str, tmp_path: Path
-) -> None:
+async def test_a_failing_statement_never_shows_its_parameters(backend: str, tmp_path: Path) -> None:
     if backend == "postgresql":
         require_service("PostgreSQL", POSTGRES_URL, 5432)
     engine = create_engine(make_settings(tmp_path, backend))

@@ -127,6 +127,11 @@ class Settings(BaseSettings):
     database_url: str = Field(default="", repr=False)
     database_ssl: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] | None = None
     redis_url: str | None = Field(default=None, repr=False)
+    # Connections of the Redis client's pool (callers wait for a free one); the
+    # broker's single pub/sub connection comes on top.
+    redis_max_connections: int = Field(default=50, ge=1, le=10000)
+    # Seconds an open live feed waits for Redis to come back before it ends with an error.
+    broker_reconnect_deadline: float = Field(default=60.0, gt=0)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     public_url: str = "http://localhost:8000"

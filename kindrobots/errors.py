@@ -68,3 +68,10 @@ class UpstreamError(PublicError):
 class Conflict(PublicError):
     code = "CONFLICT"
     default_message = "This conflicts with the current state."
+
+
+class ServiceUnavailable(PublicError):
+    """A backing service (the database, the broker) cannot serve this right now."""
+
+    code = "SERVICE_UNAVAILABLE"
+    default_message = "The service is unavailable right now; try again shortly."

@@ -487,9 +487,16 @@ def create_services(settings: Settings) -> Services:
     engine = create_engine(settings)
     redis = None
     if settings.redis_url:
-        from redis.asyncio import Redis
+        from redis.asyncio import BlockingConnectionPool, Redis
 
-        redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        pool = BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=settings.redis_max_connections,
+            timeout=5,  # seconds to wait for a free connection before the call fails
+            socket_timeout=2,
+            socket_connect_timeout=2,
+        )
+        redis = Redis.from_pool(pool)
     return Services(
         settings=settings,
         engine=engine,
@@ -501,7 +508,11 @@ def create_services(settings: Settings) -> Services:
             ttl=timedelta(seconds=settings.access_token_ttl),
         ),
         keyring=KeyRing(settings.encryption_keys),
-        broker=RedisBroker(redis) if redis is not None else MemoryBroker(),
+        broker=(
+            RedisBroker(redis, reconnect_deadline=settings.broker_reconnect_deadline)
+            if redis is not None
+            else MemoryBroker()
+        ),
         limiter=(
             RedisLimiter(redis, settings.rate_limit_failure)
             if redis is not None

@@ -24,11 +24,16 @@ WRITE_OPTION = "kr_write"
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
+    """The engine; its errors never carry bound parameters (project keys, chat text).
+
+    ``hide_parameters`` keeps them out of exception text and SQL logging, so no
+    traceback can put a customer's secret or message in a log line.
+    """
     url = make_url(settings.database_url)
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
             _create_private(Path(url.database))
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
@@ -40,6 +45,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_timeout=settings.db_pool_timeout,
         pool_pre_ping=True,
         pool_recycle=1800,
+        hide_parameters=True,
     )
 
 

@@ -6,9 +6,10 @@ handlers added later such as pytest's. Records are rendered, cleaned and frozen:
 ``msg`` becomes the redacted text, ``args`` is emptied, and a traceback is
 rendered into ``exc_text`` and redacted too.
 
-Patterns catch secrets by shape (keys, tokens, card numbers) or by the name next
-to them (``password=…``). Secrets without either, registered by the request that
-handles them with :func:`register_secret`, are redacted by where they can be trusted:
+Patterns catch secrets by shape (keys, publishable project keys, tokens, card
+numbers) or by the name next to them (``password=…``). Secrets without either,
+registered by the request that handles them with :func:`register_secret`, are
+redacted by where they can be trusted:
 
 * a value shaped like the server's own opaque tokens (refresh and invitation tokens)
   from every line of the request;
@@ -68,6 +69,9 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         REDACTED,
     ),
     (re.compile(r"\bsk-[A-Za-z0-9_-]{6,}"), REDACTED),
+    # Publishable project keys (pk_ + 32 URL-safe characters): whoever holds one can
+    # chat as the project, bill its tokens and watch its rate limits.
+    (re.compile(r"\bpk_[A-Za-z0-9_-]{20,}"), REDACTED),
     (re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), REDACTED),
     (re.compile(r"\$(argon2(id|i|d)|2[aby])\$[^\s'\"]+"), REDACTED),
     (

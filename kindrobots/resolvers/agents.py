@@ -11,6 +11,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kindrobots.auth.principals import UserActor
+from kindrobots.db.bounds import MAX_MANIFESTS_PER_AGENT
 from kindrobots.db.locks import lock_organization
 from kindrobots.db.models import Agent, AgentManifest, LlmCredential, Manifest, Project
 from kindrobots.db.pagination import Page
@@ -20,7 +21,6 @@ from kindrobots.resolvers.access import lock_row, organization_page, scoped_get
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,99}$")
 MAX_SYSTEM_PROMPT = 20_000
-MAX_MANIFESTS = 20
 
 
 @dataclass
@@ -49,8 +49,10 @@ def validate(fields: AgentFields) -> AgentFields:
     if fields.temperature is not None and not 0.0 <= fields.temperature <= 2.0:
         raise BadUserInput("temperature", "Temperature must be between 0 and 2.")
     if fields.manifest_ids is not None:
-        if len(fields.manifest_ids) > MAX_MANIFESTS:
-            raise BadUserInput("manifestIds", f"At most {MAX_MANIFESTS} manifests per agent.")
+        if len(fields.manifest_ids) > MAX_MANIFESTS_PER_AGENT:
+            raise BadUserInput(
+                "manifestIds", f"At most {MAX_MANIFESTS_PER_AGENT} manifests per agent."
+            )
         fields.manifest_ids = list(dict.fromkeys(fields.manifest_ids))
     return fields
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import yaml
 
+from kindrobots.db.bounds import MAX_OPERATIONS_PER_MANIFEST
 from kindrobots.errors import BadUserInput
 
 MAX_DOCUMENT_BYTES = 1024 * 1024
-MAX_OPERATIONS = 200
 MAX_NESTING = 64
 MAX_SCHEMA_DEPTH = 24
 MAX_SCHEMA_NODES = 2000
@@ -150,8 +150,8 @@ def parse(text: str) -> Document:
         for method in METHODS:
             if method not in item:
                 continue
-            if len(operations) >= MAX_OPERATIONS:
-                raise _bad(f"The document has more than {MAX_OPERATIONS} operations.")
+            if len(operations) >= MAX_OPERATIONS_PER_MANIFEST:
+                raise _bad(f"The document has more than {MAX_OPERATIONS_PER_MANIFEST} operations.")
             operation = resolver.deref(item[method], f"{method.upper()} {path}")
             if not isinstance(operation, dict):
                 raise _bad(f"{method.upper()} {path} must be an object.")

@@ -68,6 +68,7 @@ from graphql.validation import (
 )
 from strawberry.extensions import MaxTokensLimiter
 
+from kindrobots.db.bounds import MAX_MANIFESTS_PER_AGENT, MAX_OPERATIONS_PER_MANIFEST
 from kindrobots.db.pagination import MAX_PAGE
 
 if TYPE_CHECKING:
@@ -85,8 +86,8 @@ UNPAGED_LIST_SIZE = 10
 # Unpaged lists whose real bound is larger: counting them as 10 would let one accepted
 # query return hundreds of thousands of objects (100 agents x 20 manifests x 200 operations).
 LIST_SIZES = {
-    "Agent.manifests": 20,  # resolvers.agents.MAX_MANIFESTS
-    "Manifest.operations": 200,  # resolvers.openapi.MAX_OPERATIONS
+    "Agent.manifests": MAX_MANIFESTS_PER_AGENT,
+    "Manifest.operations": MAX_OPERATIONS_PER_MANIFEST,
 }
 # Selection sets and fragment spreads nested deeper than this stop the walk (the
 # operation is refused as too deep): it keeps the walk far from Python's recursion limit.

@@ -12,6 +12,7 @@ import asyncio
 import os
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -38,6 +39,21 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if not name.startswith("KR_")}
     env.update(extra)
     return env
+
+
+def run_cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """One ``kindrobots`` command to its end: exit code, stdout and stderr."""
+    return subprocess.run(  # noqa: S603 - our own command line
+        [sys.executable, "-m", "kindrobots", *args],
+        cwd=cwd,
+        env=env if env is not None else clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def kindrobots_env(settings: Mapping[str, str], *, port: int, data_dir: Path) -> dict[str, str]:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import base64
-import os
 import subprocess
-import sys
 from itertools import pairwise
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from tests.conftest import (
     start_server,
     unique_email,
 )
+from tests.processes import clean_env, run_cli
 
 INVITE = """
 mutation($input: InviteMemberInput!) { inviteMember(input: $input) { token } }
@@ -109,22 +108,14 @@ async def test_cli_verify_reports_the_first_broken_link(
         organization_id = await _organization_with_events(client, running)
     finally:
         await runner.cleanup()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KR_")}
-    env.update(
+    env = clean_env(
         KR_DATABASE_URL=settings.database_url,
         KR_DATA_DIR=str(tmp_path),
         KR_AUDIT_KEY=base64.b64encode(settings.audit_key).decode(),
     )
 
     def run() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "kindrobots", "audit", "verify"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        return run_cli("audit", "verify", env=env, cwd=tmp_path)
 
     intact = run()
     assert intact.returncode == 0, intact.stderr

@@ -4,10 +4,8 @@ events off, is caught by ``verify`` (and ``kindrobots audit verify``) on both da
 from __future__ import annotations
 
 import base64
-import os
 import secrets
 import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -36,6 +34,7 @@ from tests.conftest import (
     start_server,
     unique_email,
 )
+from tests.processes import clean_env, run_cli
 
 INVITE = """
 mutation($input: InviteMemberInput!) { inviteMember(input: $input) { token } }
@@ -362,22 +361,14 @@ async def test_cli_verify_exits_1_on_a_broken_chain(
     try:
         organization = await org_chain(running, http)
         await platform_chain(running, 3)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KR_")}
-        env.update(
+        env = clean_env(
             KR_DATABASE_URL=settings.database_url,
             KR_DATA_DIR=str(tmp_path),
             KR_AUDIT_KEY=base64.b64encode(settings.audit_key).decode(),
         )
 
         def run() -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                [sys.executable, "-m", "kindrobots", "audit", "verify"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
+            return run_cli("audit", "verify", env=env, cwd=tmp_path)
 
         intact = run()
         assert intact.returncode == 0, intact.stdout + intact.stderr

@@ -19,23 +19,10 @@ import pytest
 
 from kindrobots.config import load_settings
 from tests.processes import clean_env, free_port
+from tests.processes import run_cli as kindrobots
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 COMMITTED_SCHEMA = REPOSITORY / "schema.graphql"
-
-
-def kindrobots(
-    *args: str, cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "kindrobots", *args],
-        cwd=cwd,
-        env=env if env is not None else clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_committed_schema_is_current(tmp_path: Path) -> None:

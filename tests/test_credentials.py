@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import secrets
 import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -41,6 +39,7 @@ from tests.conftest import (
     sign_up,
     start_server,
 )
+from tests.processes import clean_env, run_cli
 
 ADD = """
 mutation Add($input: AddLlmCredentialInput!) {
@@ -496,22 +495,13 @@ async def seeded(
 def rotate(
     setup: RotationSetup, *keys: Key, batch_size: int = 2
 ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KR_")}
-    env.update(
+    env = clean_env(
         KR_DATABASE_URL=setup.settings_url,
         KR_DATA_DIR=str(setup.data_dir),
         KR_ENCRYPTION_KEYS=format_keys(keys),
         KR_SIGNING_KEYS=format_keys((generate_key("sig"),)),
     )
-    return subprocess.run(  # noqa: S603 - our own CLI
-        [sys.executable, "-m", "kindrobots", "keys", "rotate", "--batch-size", str(batch_size)],
-        env=env,
-        cwd=setup.data_dir,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_cli("keys", "rotate", "--batch-size", str(batch_size), env=env, cwd=setup.data_dir)
 
 
 async def stored(setup: RotationSetup, keyring: KeyRing) -> dict[uuid.UUID, LlmCredential]:

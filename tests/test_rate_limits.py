@@ -15,7 +15,6 @@ import ipaddress
 import logging
 import random
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -28,7 +27,6 @@ from typing import Any, cast
 import aiohttp
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from sqlalchemy import func, select
 
 from kindrobots.db.models import User
@@ -39,7 +37,6 @@ from tests.conftest import (
     PASSWORD,
     POSTGRES_URL,
     REDIS_URL,
-    REQUIRE_SERVICES,
     SIGN_UP,
     Client,
     Response,
@@ -51,7 +48,8 @@ from tests.conftest import (
     start_server,
     unique_email,
 )
-from tests.processes import ROOT, free_port, instances, terminate
+from tests.processes import ROOT, instances
+from tests.redis_server import own_redis
 
 SIGN_IN = """
 mutation($input: SignInInput!) { signIn(input: $input) { accessToken user { email } } }
@@ -384,61 +382,6 @@ async def test_two_processes_on_one_redis_share_the_limit_exactly(
 # --- Redis going away and coming back ---------------------------------------------------
 
 
-class RedisProcess:
-    """A redis-server of this test alone, on a port of its own, without persistence."""
-
-    def __init__(self, executable: str, port: int) -> None:
-        self.executable = executable
-        self.port = port
-        self.process: asyncio.subprocess.Process | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            self.executable,
-            *("--port", str(self.port), "--bind", "127.0.0.1"),
-            *("--save", "", "--appendonly", "no", "--daemonize", "no"),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        async with asyncio.timeout(10):
-            while True:
-                assert self.process.returncode is None, "redis-server exited"
-                probe = Redis.from_url(self.url)
-                try:
-                    if await probe.ping():
-                        return
-                except (OSError, RedisError):
-                    pass  # not listening yet
-                finally:
-                    await probe.aclose()
-                await asyncio.sleep(0.05)
-
-    async def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None:
-            return
-        await terminate(process, 10)
-
-
-@asynccontextmanager
-async def own_redis() -> AsyncIterator[RedisProcess]:
-    """Never the shared Redis: this one is stopped and started again by the test."""
-    executable = shutil.which("redis-server")
-    if executable is None:
-        if REQUIRE_SERVICES:
-            pytest.fail("redis-server is required (KR_TEST_REQUIRE_SERVICES=1) but not installed")
-        pytest.skip("redis-server is not installed")
-    redis = RedisProcess(executable, free_port())
-    try:
-        yield redis
-    finally:
-        await redis.stop()
-
-
 FAILURES = re.compile(
     r'^kindrobots_rate_limit_backend_failures_total\{policy="(\w+)"\} ([0-9.e+]+)$', re.M
 )
@@ -458,56 +401,55 @@ async def backend_failures(
 async def test_redis_outage_follows_the_failure_policy_and_limits_resume(
     policy: str, tmp_path: Path, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with own_redis() as redis:
+    async with (
+        own_redis(tmp_path) as redis,
+        limited_server(tmp_path, redis_url=redis.url, rate_limit_failure=policy) as server,
+    ):
+        ip = fresh_ip()
+        client = ForwardedClient(http, server.base_url, ip)
+        up = await client.execute(SIGN_UP, sign_up_input(unique_email()))
+        assert (up.status, up.errors) == (200, [])
+        before = await backend_failures(http, server, policy)
+
+        await redis.kill()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="kindrobots.ratelimit"):
+            during = [
+                await client.execute(SIGN_UP, sign_up_input(unique_email())) for _ in range(6)
+            ]
+        if policy == "open":
+            # Served without a limit (six more than the five allowed), and said so.
+            assert [(r.status, r.errors) for r in during] == [(200, [])] * 6
+        else:
+            assert [r.status for r in during] == [429] * 6
+            assert all(retry_after(r) == 1 for r in during)
+        # Every failed check is counted; the log says so once, with the cause, not six times.
+        assert await backend_failures(http, server, policy) == before + 6
+        (warning,) = limiter_warnings(caplog)
+        assert f"backend unreachable; failing {policy}" in warning.getMessage()
+        assert "ConnectionError" in (warning.exc_text or "")
+
+        # The server itself keeps answering: health, and fields without a limit.
+        async with http.get(f"{server.base_url}/healthz") as health:
+            assert health.status == 200
+        async with http.get(f"{server.base_url}/readyz") as ready:
+            assert ready.status == 503
+        plans = await client.execute(PLANS)
+        assert (plans.status, plans.errors) == (200, [])
+
+        # Redis back on the same port (empty: no persistence) — the limits count again.
         await redis.start()
-        async with limited_server(
-            tmp_path, redis_url=redis.url, rate_limit_failure=policy
-        ) as server:
-            ip = fresh_ip()
-            client = ForwardedClient(http, server.base_url, ip)
-            up = await client.execute(SIGN_UP, sign_up_input(unique_email()))
-            assert (up.status, up.errors) == (200, [])
-            before = await backend_failures(http, server, policy)
-
-            await redis.stop()
-            caplog.clear()
-            with caplog.at_level(logging.WARNING, logger="kindrobots.ratelimit"):
-                during = [
-                    await client.execute(SIGN_UP, sign_up_input(unique_email())) for _ in range(6)
-                ]
-            if policy == "open":
-                # Served without a limit (six more than the five allowed), and said so.
-                assert [(r.status, r.errors) for r in during] == [(200, [])] * 6
-            else:
-                assert [r.status for r in during] == [429] * 6
-                assert all(retry_after(r) == 1 for r in during)
-            # Every failed check is counted; the log says so once, with the cause, not six times.
-            assert await backend_failures(http, server, policy) == before + 6
-            (warning,) = limiter_warnings(caplog)
-            assert f"backend unreachable; failing {policy}" in warning.getMessage()
-            assert "ConnectionError" in (warning.exc_text or "")
-
-            # The server itself keeps answering: health, and fields without a limit.
-            async with http.get(f"{server.base_url}/healthz") as health:
-                assert health.status == 200
-            async with http.get(f"{server.base_url}/readyz") as ready:
-                assert ready.status == 503
-            plans = await client.execute(PLANS)
-            assert (plans.status, plans.errors) == (200, [])
-
-            # Redis back on the same port (empty: no persistence) — the limits count again.
-            await redis.start()
-            caplog.clear()
-            fresh = ForwardedClient(http, server.base_url, fresh_ip())
-            with caplog.at_level(logging.WARNING, logger="kindrobots.ratelimit"):
-                resumed = [
-                    await fresh.execute(SIGN_UP, sign_up_input(unique_email())) for _ in range(6)
-                ]
-            assert [r.status for r in resumed] == [200] * 5 + [429]
-            assert resumed[-1].codes == ["RATE_LIMITED"]
-            (recovered,) = limiter_warnings(caplog)
-            assert "reachable again after 6 failed checks" in recovered.getMessage()
-            assert await backend_failures(http, server, policy) == before + 6
+        caplog.clear()
+        fresh = ForwardedClient(http, server.base_url, fresh_ip())
+        with caplog.at_level(logging.WARNING, logger="kindrobots.ratelimit"):
+            resumed = [
+                await fresh.execute(SIGN_UP, sign_up_input(unique_email())) for _ in range(6)
+            ]
+        assert [r.status for r in resumed] == [200] * 5 + [429]
+        assert resumed[-1].codes == ["RATE_LIMITED"]
+        (recovered,) = limiter_warnings(caplog)
+        assert "reachable again after 6 failed checks" in recovered.getMessage()
+        assert await backend_failures(http, server, policy) == before + 6
 
 
 def limiter_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

@@ -277,3 +277,13 @@ async def build_team(client: Client, server: RunningServer) -> Team:
 def only_error(response: Response) -> dict[str, Any]:
     assert len(response.errors) == 1, response.body
     return response.errors[0]
+
+
+async def organization_with_events(client: Client, server: RunningServer) -> str:
+    """An organization whose audit chain holds four events (its creation, three invites)."""
+    owner = await sign_up(client)
+    await set_tier(server, owner.organization_id, "ENTERPRISE")
+    for _ in range(3):
+        response = await invite(client, owner.access_token, owner.organization_id, unique_email())
+        assert response.errors == [], response.errors
+    return owner.organization_id

@@ -18,35 +18,10 @@ from tests.conftest import (
     Client,
     RunningServer,
     make_settings,
-    set_tier,
-    sign_up,
     start_server,
-    unique_email,
 )
+from tests.org_helpers import organization_with_events
 from tests.processes import clean_env, run_cli
-
-INVITE = """
-mutation($input: InviteMemberInput!) { inviteMember(input: $input) { token } }
-"""
-
-
-async def _organization_with_events(client: Client, server: RunningServer) -> str:
-    owner = await sign_up(client)
-    await set_tier(server, owner.organization_id, "ENTERPRISE")
-    for _ in range(3):
-        response = await client.execute(
-            INVITE,
-            {
-                "input": {
-                    "organizationId": owner.organization_id,
-                    "email": unique_email(),
-                    "role": "VIEWER",
-                }
-            },
-            token=owner.access_token,
-        )
-        assert response.errors == []
-    return owner.organization_id
 
 
 async def _broken(server: RunningServer, organization_id: str) -> list[tuple[int, str]]:
@@ -57,7 +32,7 @@ async def _broken(server: RunningServer, organization_id: str) -> list[tuple[int
 
 
 async def test_events_link_to_their_predecessor(client: Client, server: RunningServer) -> None:
-    organization_id = await _organization_with_events(client, server)
+    organization_id = await organization_with_events(client, server)
     raw = from_global_id(organization_id, "Organization")
     async with server.services.read() as session:
         events = (
@@ -74,7 +49,7 @@ async def test_events_link_to_their_predecessor(client: Client, server: RunningS
 
 
 async def test_an_altered_event_breaks_the_chain(client: Client, server: RunningServer) -> None:
-    organization_id = await _organization_with_events(client, server)
+    organization_id = await organization_with_events(client, server)
     raw = from_global_id(organization_id, "Organization")
     async with server.services.write() as session:
         await session.execute(
@@ -88,7 +63,7 @@ async def test_an_altered_event_breaks_the_chain(client: Client, server: Running
 
 
 async def test_a_deleted_event_breaks_the_chain(client: Client, server: RunningServer) -> None:
-    organization_id = await _organization_with_events(client, server)
+    organization_id = await organization_with_events(client, server)
     raw = from_global_id(organization_id, "Organization")
     async with server.services.write() as session:
         await session.execute(
@@ -105,7 +80,7 @@ async def test_cli_verify_reports_the_first_broken_link(
     runner, running = await start_server(settings)
     try:
         client = Client(http, running.base_url)
-        organization_id = await _organization_with_events(client, running)
+        organization_id = await organization_with_events(client, running)
     finally:
         await runner.cleanup()
     env = clean_env(

@@ -29,16 +29,10 @@ from tests.conftest import (
     count_statements,
     make_settings,
     scratch_database,
-    set_tier,
-    sign_up,
     start_server,
-    unique_email,
 )
+from tests.org_helpers import organization_with_events
 from tests.processes import clean_env, run_cli
-
-INVITE = """
-mutation($input: InviteMemberInput!) { inviteMember(input: $input) { token } }
-"""
 
 
 @pytest_asyncio.fixture
@@ -61,23 +55,8 @@ async def fresh(backend: str, tmp_path: Path) -> AsyncIterator[RunningServer]:
 
 async def org_chain(server: RunningServer, http: aiohttp.ClientSession) -> uuid.UUID:
     """An organization with four events, written over GraphQL."""
-    client = Client(http, server.base_url)
-    owner = await sign_up(client)
-    await set_tier(server, owner.organization_id, "ENTERPRISE")
-    for _ in range(3):
-        response = await client.execute(
-            INVITE,
-            {
-                "input": {
-                    "organizationId": owner.organization_id,
-                    "email": unique_email(),
-                    "role": "VIEWER",
-                }
-            },
-            token=owner.access_token,
-        )
-        assert response.errors == []
-    return from_global_id(owner.organization_id, "Organization")
+    organization_id = await organization_with_events(Client(http, server.base_url), server)
+    return from_global_id(organization_id, "Organization")
 
 
 async def platform_chain(server: RunningServer, count: int = 3) -> None:

@@ -9,6 +9,7 @@ SIGTERM on the way out. :func:`free_port`, :func:`clean_env` and
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
 import socket
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import aiohttp
 
-from kindrobots.config import format_keys, generate_key
+from kindrobots.config import Settings, format_keys, generate_key
 from tests.conftest import REDIS_URL, scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +55,16 @@ def run_cli(
         timeout=120,
         check=False,
     )
+
+
+def audit_verify(settings: Settings, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``kindrobots audit verify`` on the database and audit key of ``settings``."""
+    env = clean_env(
+        KR_DATABASE_URL=settings.database_url,
+        KR_DATA_DIR=str(cwd),
+        KR_AUDIT_KEY=base64.b64encode(settings.audit_key).decode(),
+    )
+    return run_cli("audit", "verify", env=env, cwd=cwd)
 
 
 def kindrobots_env(settings: Mapping[str, str], *, port: int, data_dir: Path) -> dict[str, str]:

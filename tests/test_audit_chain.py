@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import subprocess
 from itertools import pairwise
 from pathlib import Path
@@ -21,7 +20,7 @@ from tests.conftest import (
     start_server,
 )
 from tests.org_helpers import organization_with_events
-from tests.processes import clean_env, run_cli
+from tests.processes import audit_verify
 
 
 async def _broken(server: RunningServer, organization_id: str) -> list[tuple[int, str]]:
@@ -83,14 +82,9 @@ async def test_cli_verify_reports_the_first_broken_link(
         organization_id = await organization_with_events(client, running)
     finally:
         await runner.cleanup()
-    env = clean_env(
-        KR_DATABASE_URL=settings.database_url,
-        KR_DATA_DIR=str(tmp_path),
-        KR_AUDIT_KEY=base64.b64encode(settings.audit_key).decode(),
-    )
 
     def run() -> subprocess.CompletedProcess[str]:
-        return run_cli("audit", "verify", env=env, cwd=tmp_path)
+        return audit_verify(settings, tmp_path)
 
     intact = run()
     assert intact.returncode == 0, intact.stderr

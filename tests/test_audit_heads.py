@@ -3,7 +3,6 @@ events off, is caught by ``verify`` (and ``kindrobots audit verify``) on both da
 
 from __future__ import annotations
 
-import base64
 import secrets
 import subprocess
 import uuid
@@ -32,7 +31,7 @@ from tests.conftest import (
     start_server,
 )
 from tests.org_helpers import organization_with_events
-from tests.processes import clean_env, run_cli
+from tests.processes import audit_verify
 
 
 @pytest_asyncio.fixture
@@ -340,14 +339,9 @@ async def test_cli_verify_exits_1_on_a_broken_chain(
     try:
         organization = await org_chain(running, http)
         await platform_chain(running, 3)
-        env = clean_env(
-            KR_DATABASE_URL=settings.database_url,
-            KR_DATA_DIR=str(tmp_path),
-            KR_AUDIT_KEY=base64.b64encode(settings.audit_key).decode(),
-        )
 
         def run() -> subprocess.CompletedProcess[str]:
-            return run_cli("audit", "verify", env=env, cwd=tmp_path)
+            return audit_verify(settings, tmp_path)
 
         intact = run()
         assert intact.returncode == 0, intact.stdout + intact.stderr
@@ -369,8 +363,9 @@ async def test_cli_verify_exits_1_on_a_broken_chain(
         assert lines[-1] == "audit log: 6 events checked, 2 broken chain(s)"
 
         # Another KR_AUDIT_KEY than the one that sealed the heads: nothing verifies.
-        env["KR_AUDIT_KEY"] = base64.b64encode(secrets.token_bytes(32)).decode()
-        other_key = run()
+        other_key = audit_verify(
+            settings.model_copy(update={"audit_key": secrets.token_bytes(32)}), tmp_path
+        )
         assert other_key.returncode == 1
         assert "another KR_AUDIT_KEY" in other_key.stdout
     finally:

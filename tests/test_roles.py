@@ -633,7 +633,9 @@ async def test_two_owners_demoting_each_other_at_once_leave_one_owner(
         update_role(client, second.access_token, org, first.user_id, "ADMIN"),
     )
     codes = sorted(code for response in results for code in response.codes)
-    assert codes == ["CONFLICT"], [r.body for r in results]
+    # One of them loses: CONFLICT when both were owners as their requests began, FORBIDDEN
+    # when the other's demotion had committed before the loser's request was identified.
+    assert codes in (["CONFLICT"], ["FORBIDDEN"]), [r.body for r in results]
     roles = await member_roles(client, team.editor.access_token, org)
     assert [roles[first.user_id], roles[second.user_id]].count("OWNER") == 1
 
@@ -653,7 +655,9 @@ async def test_two_owners_removing_each_other_at_once_leave_one_owner(
         remove(client, second.access_token, org, first.user_id),
     )
     codes = sorted(code for response in results for code in response.codes)
-    assert codes == ["CONFLICT"], [r.body for r in results]
+    # The loser hears CONFLICT, or NOT_FOUND when it had been removed before its request
+    # was identified (it is no member any more).
+    assert codes in (["CONFLICT"], ["NOT_FOUND"]), [r.body for r in results]
     roles = await member_roles(client, team.editor.access_token, org)
     assert list(roles.values()).count("OWNER") == 1
 

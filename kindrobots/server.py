@@ -210,15 +210,14 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
     ) -> WidgetActor | None:
         """Authenticate a widget into ``context.caller``, or keep its refusal."""
         try:
-            async with self.services.read() as session:
-                actor = await authenticate_widget(
-                    session,
-                    self.services.jwks,
-                    project_key=project_key,
-                    origin=context.origin,
-                    token=token,
-                    browser_only=browser_only,
-                )
+            actor = await authenticate_widget(
+                self.services.read,
+                self.services.jwks,
+                project_key=project_key,
+                origin=context.origin,
+                token=token,
+                browser_only=browser_only,
+            )
         except WidgetRejected as rejected:
             # The reason names the failed check, never the key or token themselves.
             logger.info("widget refused from %s: %s", context.ip, rejected.reason)

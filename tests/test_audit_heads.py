@@ -18,7 +18,7 @@ from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kindrobots.db import audit_chain
-from kindrobots.db.audit_chain import event_hash, head_mac, verify
+from kindrobots.db.audit_chain import ChainTampered, event_hash, head_mac, verify
 from kindrobots.db.locks import lock_organization, lock_row, locked_heads
 from kindrobots.db.models import PLATFORM_CHAIN, Agent, AuditEvent, AuditHead, Project
 from kindrobots.ids import from_global_id
@@ -240,15 +240,18 @@ async def test_missing_or_unsealed_heads_are_caught(
     assert (PLATFORM_CHAIN, "the chain has no head") in await broken(fresh)
 
 
-async def test_an_unsealed_head_is_sealed_by_the_next_append(fresh: RunningServer) -> None:
+async def test_a_head_that_does_not_verify_is_never_extended(fresh: RunningServer) -> None:
+    """Sealing a forged head again would launder it: the next write refuses instead, and
+    verify keeps reporting the chain until an operator looks at it."""
     await platform_chain(fresh, 2)
-    async with fresh.services.write() as session:
-        await session.execute(
-            update(AuditHead).where(AuditHead.chain_id == PLATFORM_CHAIN).values(mac=None)
-        )
-    assert await broken(fresh) == [(PLATFORM_CHAIN, "the head is not sealed (no MAC)")]
-    await platform_chain(fresh, 1)
-    assert await broken(fresh) == []
+    for forged in (None, "0" * 64):
+        async with fresh.services.write() as session:
+            await session.execute(
+                update(AuditHead).where(AuditHead.chain_id == PLATFORM_CHAIN).values(mac=forged)
+            )
+        with pytest.raises(ChainTampered):
+            await platform_chain(fresh, 1)
+        assert [chain for chain, _ in await broken(fresh)] == [PLATFORM_CHAIN]
 
 
 async def _append_user_event(

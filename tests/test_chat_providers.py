@@ -340,15 +340,14 @@ async def test_closing_the_event_stream_between_events_cancels_upstream_and_keep
     scenario = setup.scenario
     scenario.queue(stream(dialect.text(["Once upon ", "a time"], done=False), "hold"))
     services = llm_server.services
-    async with services.read() as session:
-        caller = await authenticate_widget(
-            session,
-            services.jwks,
-            project_key=setup.deployed.project_key,
-            origin=ORIGIN,
-            token=None,
-            browser_only=True,
-        )
+    caller = await authenticate_widget(
+        services.read,
+        services.jwks,
+        project_key=setup.deployed.project_key,
+        origin=ORIGIN,
+        token=None,
+        browser_only=True,
+    )
     context = RequestContext(services=services, ip="127.0.0.1", user_agent=None, caller=caller)
     results = await build_schema().stream(
         CHAT, variable_values={"input": {"message": "Tell me a story"}}, context_value=context

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import secrets
@@ -456,6 +457,7 @@ class RotationSetup:
     data_dir: Path
     old: Key
     credentials: dict[uuid.UUID, str]  # raw credential ID -> API key
+    audit_key: bytes  # the key the server sealed the audit heads with
 
 
 @pytest_asyncio.fixture(params=["sqlite", "postgresql"])
@@ -489,7 +491,7 @@ async def seeded(
             credentials[from_global_id(added["id"], "LlmCredential")] = api_key
     finally:
         await runner.cleanup()
-    return RotationSetup(database_url, tmp_path, old, credentials)
+    return RotationSetup(database_url, tmp_path, old, credentials, settings.audit_key)
 
 
 def rotate(
@@ -500,6 +502,7 @@ def rotate(
         KR_DATA_DIR=str(setup.data_dir),
         KR_ENCRYPTION_KEYS=format_keys(keys),
         KR_SIGNING_KEYS=format_keys((generate_key("sig"),)),
+        KR_AUDIT_KEY=base64.b64encode(setup.audit_key).decode(),
     )
     return run_cli("keys", "rotate", "--batch-size", str(batch_size), env=env, cwd=setup.data_dir)
 
@@ -621,6 +624,7 @@ async def test_keys_rotate_waits_for_a_credential_in_use_instead_of_skipping_it(
             "postgresql",
             database_url=rotation_database,
             encryption_keys=format_keys((new, setup.old)),
+            audit_key=setup.audit_key,
         )
     )
     holder = create_async_engine(rotation_database)

@@ -4,6 +4,8 @@ projects, the end user's JWT — checked before a widget may chat."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -37,7 +39,7 @@ class WidgetRejected(Exception):
 
 
 async def authenticate_widget(
-    session: AsyncSession,
+    read: Callable[[], AbstractAsyncContextManager[AsyncSession]],
     jwks: JwksCache,
     *,
     project_key: object,
@@ -48,13 +50,17 @@ async def authenticate_widget(
     """Check the project key, the Origin and (AUTHENTICATED projects) the end-user JWT.
 
     ``browser_only`` (WebSocket widgets) refuses a missing Origin; the HTTP API
-    accepts server-to-server calls without one but checks any Origin it gets.
+    accepts server-to-server calls without one but checks any Origin it gets. The
+    project is read in a session of its own, closed before the token is verified: the
+    JWKS may have to be fetched from the customer's server, and no database connection
+    waits on that.
     """
     if not isinstance(project_key, str) or not project_key.startswith("pk_"):
         raise WidgetRejected(FORBIDDEN, "missing or malformed project key")
-    project = await session.scalar(
-        select(Project).where(Project.publishable_key == project_key[:64])
-    )
+    async with read() as session:
+        project = await session.scalar(
+            select(Project).where(Project.publishable_key == project_key[:64])
+        )
     if project is None:
         raise WidgetRejected(FORBIDDEN, "unknown project key")
     if (origin is not None or browser_only) and not origin_allowed(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import uuid
 from dataclasses import dataclass, field
 
@@ -21,6 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kindrobots.db.locks import locked_heads
 from kindrobots.db.models import PLATFORM_CHAIN, AuditEvent, AuditHead, utcnow
+
+logger = logging.getLogger("kindrobots.audit")
 
 # Where a write session keeps the audit key (``db.engine.create_sessionmaker``): every
 # unit of work that can append an event carries the key its heads are sealed with.
@@ -59,6 +62,21 @@ def event_hash(event: AuditEvent) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+class ChainTampered(RuntimeError):
+    """A chain's head does not carry a valid MAC: someone changed it outside the service."""
+
+    def __init__(self, chain_id: uuid.UUID) -> None:
+        super().__init__(f"audit chain {chain_id} does not verify")
+        self.chain_id = chain_id
+
+
+def _head_sealed(key: bytes, head: AuditHead) -> bool:
+    if head.mac is None:
+        return head.sequence == 0 and head.hash is None
+    expected = head_mac(key, head.chain_id, head.sequence, head.hash)
+    return hmac.compare_digest(head.mac, expected)
+
+
 def head_mac(key: bytes, chain_id: uuid.UUID, sequence: int, digest: str | None) -> str:
     """HMAC-SHA256 over ``{chain_id}:{sequence}:{hash}`` (hash empty at sequence 0), hex."""
     message = f"{chain_id}:{sequence}:{digest or ''}".encode()
@@ -71,8 +89,11 @@ async def append(session: AsyncSession, event: AuditEvent, key: bytes) -> AuditE
     The head comes from ``session.info`` when ``locks.lock_organization`` (or
     ``lock_row``) already locked it; otherwise it is read ``FOR UPDATE`` here (and
     created for a chain that has none yet). The head lock orders concurrent
-    writers of one chain. A head without a MAC (written by the migration) is
-    sealed here.
+    writers of one chain.
+
+    A head whose MAC does not verify is never extended: sealing it again would
+    launder a rewritten or truncated chain. Only an empty chain (sequence 0) may
+    come without a MAC; the migration that created heads sealed the others.
     """
     chain_id = chain_of(event)
     heads = locked_heads(session)
@@ -88,6 +109,9 @@ async def append(session: AsyncSession, event: AuditEvent, key: bytes) -> AuditE
             head = AuditHead(chain_id=chain_id, sequence=0, hash=None)
             session.add(head)
         heads[chain_id] = head
+    if not _head_sealed(key, head):
+        logger.error("audit chain %s: head does not verify; refusing to extend it", chain_id)
+        raise ChainTampered(chain_id)
     # Column defaults apply only at INSERT; the hash must see the values stored.
     if event.details is None:
         event.details = {}

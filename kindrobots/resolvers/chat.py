@@ -181,6 +181,7 @@ async def open_turn(
         history: list[Message] = []
     else:
         history = await _history(session, actor, conversation_id)
+        await _touch(session, conversation_id, now)
     message = Message(
         id=uuid.uuid4(),
         organization_id=actor.organization_id,
@@ -307,13 +308,18 @@ async def store_reply(
         created_at=now,
     )
     session.add(message)
+    await _touch(session, turn.conversation_id, now)
+    return message
+
+
+async def _touch(session: AsyncSession, conversation_id: uuid.UUID, now: datetime) -> None:
+    """The conversation was active at ``now`` (one UPDATE; nothing read back)."""
     await session.execute(
         update(Conversation)
-        .where(Conversation.id == turn.conversation_id)
+        .where(Conversation.id == conversation_id)
         .values(updated_at=now)
         .execution_options(synchronize_session=False)
     )
-    return message
 
 
 def channel(project_id: uuid.UUID) -> str:

@@ -21,7 +21,7 @@ from kindrobots.context import RequestContext
 from kindrobots.schema.agents import AgentMutation
 from kindrobots.schema.auth import AuthMutation, AuthQuery
 from kindrobots.schema.base import Info
-from kindrobots.schema.callers import identify
+from kindrobots.schema.callers import begin_operation
 from kindrobots.schema.chat import ChatMutation, ChatSubscription
 from kindrobots.schema.credentials import CredentialMutation
 from kindrobots.schema.directives import install_rate_limits
@@ -57,7 +57,7 @@ class OperationScope(SchemaExtension):
     async def on_operation(self) -> AsyncIterator[None]:
         context = self.execution_context.context
         if isinstance(context, RequestContext):
-            await identify(context)
+            await begin_operation(context)
         yield
 
 

@@ -8,22 +8,29 @@ from kindrobots.context import RequestContext
 
 
 async def identify(context: RequestContext) -> None:
-    """Set ``context.caller`` for the operation about to run.
+    """Set ``context.caller`` again: a dashboard user is looked up anew (one statement),
+    so a signed-out session or a removed member stops at once, also on an open WebSocket.
 
-    A widget was authenticated when it connected (and its project is checked again by
-    every widget field); a dashboard user is looked up again for every operation, so a
-    signed-out session or a removed member stops at once, also on an open WebSocket.
+    A widget was authenticated when it connected, and its project is checked again by
+    every widget field. Operations of one socket share the context and run
+    concurrently, so the caller is replaced in one assignment, never cleared first.
     """
-    context.loader_cache = {}
     if isinstance(context.caller, WidgetActor):
         return
-    context.caller = None
+    actor = None
     if context.access_token:
         async with context.services.read() as session:
-            context.caller = await user_actor(
+            actor = await user_actor(
                 session,
                 context.services.signer,
                 context.access_token,
                 context.now(),
                 context.ip,
             )
+    context.caller = actor
+
+
+async def begin_operation(context: RequestContext) -> None:
+    """A new operation: its caller as of now, and loaders that cache nothing older."""
+    context.loader_cache = {}
+    await identify(context)

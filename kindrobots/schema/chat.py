@@ -280,7 +280,7 @@ class ChatSubscription:
                 # Session and role are read again for every event: a removed member or a
                 # signed-out session stops receiving customers' conversations at once.
                 await identify(info.context)
-                require_role(user_caller(info), grant.organization_id, Role.EDITOR)
+                require_role(user_caller(info), grant.organization_id, grant.required)
                 yield ConversationEvent(
                     conversation_id=strawberry.ID(
                         to_global_id("Conversation", uuid.UUID(event["conversationId"]))

@@ -14,7 +14,8 @@ from kindrobots.resolvers.chat import ChatTarget
 class RoleGrant:
     actor: UserActor
     organization_id: uuid.UUID
-    role: Role
+    role: Role  # the role the actor holds there
+    required: Role  # the role the field declared
 
 
 @dataclass(frozen=True)

@@ -185,7 +185,7 @@ class HasRole(BasePermission):
         actor = user_caller(info)
         organization_id = await self.source.organization(info, source, kwargs, actor)
         role = require_role(actor, organization_id, self.role)
-        info.grant = RoleGrant(actor, organization_id, role)
+        info.grant = RoleGrant(actor, organization_id, role, self.role)
         return True
 
 

@@ -250,15 +250,17 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
                 context,
                 params["projectKey"],
                 token if isinstance(token, str) else None,
-                browser_only=True,
+                # API.md: a client without an Origin (not a browser) is treated like
+                # sendMessage; an Origin that is present must match the project's.
+                browser_only=False,
             )
             if caller is None:
                 refusal = context.widget_refusal
                 assert refusal is not None
                 if context.close_connection is not None:
+                    # Names the failed check (never the key or token), within 123 bytes.
                     await context.close_connection(
-                        code=refusal.close_code,
-                        message=b"Unauthorized" if refusal.close_code == 4401 else b"Forbidden",
+                        code=refusal.close_code, message=refusal.close_reason()
                     )
                 raise ConnectionRejectionError()
             slot = context.connection_slot
@@ -274,7 +276,15 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
         if not self._dashboard_origin(context):
             logger.info("dashboard connection refused from origin %r", context.origin)
             raise ConnectionRejectionError()
-        token = _bearer(str(params.get("authorization") or params.get("Authorization") or ""))
+        headers = params.get("headers")  # Hasura/Apollo style: {"headers": {"Authorization": …}}
+        nested = (
+            (headers.get("Authorization") or headers.get("authorization"))
+            if isinstance(headers, dict)
+            else None
+        )
+        token = _bearer(
+            str(params.get("authorization") or params.get("Authorization") or nested or "")
+        )
         token = token or (
             params.get("accessToken") if isinstance(params.get("accessToken"), str) else None
         )

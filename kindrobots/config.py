@@ -161,6 +161,8 @@ class Settings(BaseSettings):
     access_token_ttl: int = Field(default=600, ge=30, le=86400)
     refresh_token_ttl: int = Field(default=30 * 86400, ge=300)
     invitation_ttl: int = Field(default=7 * 86400, ge=300)
+    # Organizations one user may own: per-organization limits must not multiply freely.
+    max_organizations_per_user: int = Field(default=10, ge=1)
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_max_overflow: int = Field(default=10, ge=0, le=200)
     db_pool_timeout: float = Field(default=10.0, gt=0)

@@ -16,9 +16,9 @@ from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from strawberry.aiohttp.views import GraphQLView
-from strawberry.exceptions import ConnectionRejectionError
+from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
-from strawberry.schema.exceptions import InvalidOperationTypeError
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
@@ -70,6 +70,10 @@ CONNECTION: web.RequestKey[Slot] = web.RequestKey("connection_slot", Slot)
 DOCUMENT_TOO_LARGE: web.RequestKey[bool] = web.RequestKey("document_too_large", bool)
 REQUEST_ERROR: web.RequestKey[bool] = web.RequestKey("graphql_request_error", bool)
 MUTATION_OVER_GET: web.RequestKey[bool] = web.RequestKey("graphql_mutation_over_get", bool)
+SUBSCRIPTION_OVER_HTTP = (
+    "Subscriptions are served over WebSocket only: connect to /graphql with the "
+    "graphql-transport-ws protocol."
+)
 RETRY_AFTER: web.RequestKey[int] = web.RequestKey("graphql_retry_after", int)
 
 
@@ -245,15 +249,17 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
                 context,
                 params["projectKey"],
                 token if isinstance(token, str) else None,
-                browser_only=True,
+                # API.md: a client without an Origin (not a browser) is treated like
+                # sendMessage; an Origin that is present must match the project's.
+                browser_only=False,
             )
             if caller is None:
                 refusal = context.widget_refusal
                 assert refusal is not None
                 if context.close_connection is not None:
+                    # Names the failed check (never the key or token), within 123 bytes.
                     await context.close_connection(
-                        code=refusal.close_code,
-                        message=b"Unauthorized" if refusal.close_code == 4401 else b"Forbidden",
+                        code=refusal.close_code, message=refusal.close_reason()
                     )
                 raise ConnectionRejectionError()
             slot = context.connection_slot
@@ -269,7 +275,15 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
         if not self._dashboard_origin(context):
             logger.info("dashboard connection refused from origin %r", context.origin)
             raise ConnectionRejectionError()
-        token = _bearer(str(params.get("authorization") or params.get("Authorization") or ""))
+        headers = params.get("headers")  # Hasura/Apollo style: {"headers": {"Authorization": …}}
+        nested = (
+            (headers.get("Authorization") or headers.get("authorization"))
+            if isinstance(headers, dict)
+            else None
+        )
+        token = _bearer(
+            str(params.get("authorization") or params.get("Authorization") or nested or "")
+        )
         token = token or (
             params.get("accessToken") if isinstance(params.get("accessToken"), str) else None
         )
@@ -339,21 +353,35 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
         root_value: None,
         request_data: GraphQLRequestData,
     ) -> ExecutionResult:
+        # Strawberry admits subscriptions over POST and GET and then resolves the field as if
+        # it were a query (`Cannot return null …`, an INTERNAL_SERVER_ERROR, no permission
+        # run). Subscriptions are served over WebSocket only: that is where connections are
+        # counted, limited and closed on containment (sign-out, rotated key, suspension).
+        allowed = OperationType.from_http(request_adapter.method) - {OperationType.SUBSCRIPTION}
+        if not self.allow_queries_via_get and request_adapter.method == "GET":
+            allowed = allowed - {OperationType.QUERY}
         try:
-            return await super().execute_single(
-                request, request_adapter, sub_response, context, root_value, request_data
+            return await self.schema.execute(
+                request_data.query,
+                root_value=root_value,
+                variable_values=request_data.variables,
+                context_value=context,
+                operation_name=request_data.operation_name,
+                allowed_operation_types=allowed,
+                operation_extensions=request_data.extensions,
             )
-        except HTTPException as error:
-            cause = error.__cause__
-            if (
-                isinstance(cause, InvalidOperationTypeError)
-                and cause.operation_type == OperationType.MUTATION
-                and request_adapter.method == "GET"
-            ):
+        except CannotGetOperationTypeError as error:
+            raise HTTPException(400, error.as_http_error_reason()) from error
+        except MissingQueryError as error:
+            raise HTTPException(400, "No GraphQL query found in the request") from error
+        except InvalidOperationTypeError as error:
+            if error.operation_type == OperationType.SUBSCRIPTION:
+                raise HTTPException(400, SUBSCRIPTION_OVER_HTTP) from error
+            if error.operation_type == OperationType.MUTATION and request_adapter.method == "GET":
                 # API.md: a mutation over GET is 405 with Allow: POST.
                 request[MUTATION_OVER_GET] = True
-                raise HTTPException(405, "Mutations are only accepted over POST.") from cause
-            raise
+                raise HTTPException(405, "Mutations are only accepted over POST.") from error
+            raise HTTPException(400, error.as_http_error_reason(request_adapter.method)) from error
 
     async def process_result(
         self, request: web.Request, result: ExecutionResult

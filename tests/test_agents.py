@@ -357,8 +357,10 @@ async def test_other_organizations_agents_are_not_found(
     agent = await new_agent(client, owner, name="Private")
     missing = to_global_id("Agent", uuid.uuid4())
     for agent_id in (agent["id"], missing):
+        # API.md: node(id) is null, without an error, for foreign and unknown IDs alike.
+        read = await client.execute(AGENT_NODE, {"id": agent_id}, token=outsider.access_token)
+        assert (read.errors, read.data) == ([], {"node": None}), read.body
         for response in [
-            await client.execute(AGENT_NODE, {"id": agent_id}, token=outsider.access_token),
             await update_agent(client, outsider, agent_id, name="Mine now"),
             await client.execute(DELETE_AGENT, {"id": agent_id}, token=outsider.access_token),
         ]:
@@ -430,7 +432,7 @@ async def test_an_agent_used_by_a_project_cannot_be_deleted(
     assert deleted.data == {"deleteAgent": True}
     assert await stored_agents(server, account) == 0
     gone = await client.execute(AGENT_NODE, {"id": agent["id"]}, token=account.access_token)
-    assert gone.codes == ["NOT_FOUND"]
+    assert (gone.errors, gone.data) == ([], {"node": None})
     again = await client.execute(DELETE_AGENT, {"id": agent["id"]}, token=account.access_token)
     assert again.codes == ["NOT_FOUND"]
 
@@ -587,7 +589,8 @@ async def test_deleting_an_agent_while_it_is_deployed_never_half_succeeds(
         still_there = await client.execute(
             AGENT_NODE, {"id": agent["id"]}, token=account.access_token
         )
-        assert (still_there.codes == []) == (outcome == ("CONFLICT", "created"))
+        assert still_there.errors == [], still_there.body
+        assert (still_there.data["node"] is not None) == (outcome == ("CONFLICT", "created"))
         if project.data:
             removed = await client.execute(
                 DELETE_PROJECT,

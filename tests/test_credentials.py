@@ -210,7 +210,7 @@ async def test_admin_adds_lists_and_deletes_a_credential(client: Client) -> None
     again = await client.execute(DELETE, {"id": credential["id"]}, token=owner.access_token)
     assert again.codes == ["NOT_FOUND"]
     gone = await client.execute(NODE, {"id": credential["id"]}, token=owner.access_token)
-    assert gone.codes == ["NOT_FOUND"]
+    assert (gone.errors, gone.data) == ([], {"node": None})
 
 
 async def test_the_stored_key_decrypts_only_on_its_own_row(

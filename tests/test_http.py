@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from sqlalchemy import func, select
 
 from kindrobots.db.models import Membership, User
@@ -287,6 +288,41 @@ async def test_graphql_transport_ws_runs_me_with_the_token_from_connection_init(
             "payload": {"data": {"me": {"user": {"email": account.email}}}},
         }
         assert await ws.receive_json() == {"id": "1", "type": "complete"}
+
+
+@pytest.mark.parametrize("name", ["Authorization", "authorization"])
+async def test_hasura_apollo_style_headers_in_connection_init_authenticate(
+    client: Client, server: RunningServer, http: aiohttp.ClientSession, name: str
+) -> None:
+    """API.md: `{"headers": {"Authorization": "Bearer …"}}` in connection_init."""
+    account = await sign_up(client)
+    async with http.ws_connect(server.ws_url, protocols=["graphql-transport-ws"]) as ws:
+        await ws.send_json(
+            {
+                "type": "connection_init",
+                "payload": {"headers": {name: f"Bearer {account.access_token}"}},
+            }
+        )
+        assert (await ws.receive_json())["type"] == "connection_ack"
+        await ws.send_json({"type": "subscribe", "id": "1", "payload": {"query": ME}})
+        assert (await ws.receive_json())["payload"] == {
+            "data": {"me": {"user": {"email": account.email}}}
+        }
+
+
+async def test_a_bad_token_in_connection_init_headers_closes_with_4403(
+    server: RunningServer, http: aiohttp.ClientSession
+) -> None:
+    async with http.ws_connect(server.ws_url, protocols=["graphql-transport-ws"]) as ws:
+        await ws.send_json(
+            {
+                "type": "connection_init",
+                "payload": {"headers": {"Authorization": "Bearer not-a-jwt"}},
+            }
+        )
+        message = await ws.receive()
+        assert message.type == aiohttp.WSMsgType.CLOSE
+        assert ws.close_code == 4403
 
 
 async def test_graphql_transport_ws_without_a_token_is_signed_out(

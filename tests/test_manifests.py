@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from aiohttp import web
 from sqlalchemy import func, select
 
 from kindrobots.db.models import Manifest, ManifestVersion
-from kindrobots.ids import from_global_id
+from kindrobots.ids import from_global_id, to_global_id
 from kindrobots.resolvers import openapi
 from tests.conftest import (
     Account,
@@ -725,7 +726,11 @@ async def test_same_name_in_another_organization_is_another_manifest(
     assert (a["version"], b["version"]) == (1, 1)
     # Neither organization can see the other's manifest.
     response = await client.execute(MANIFEST_NODE, {"id": a["id"]}, token=two.access_token)
-    assert response.codes == ["NOT_FOUND"]
+    missing = await client.execute(
+        MANIFEST_NODE, {"id": to_global_id("Manifest", uuid.uuid4())}, token=two.access_token
+    )
+    assert (response.errors, response.data) == ([], {"node": None})
+    assert response.body == missing.body
 
 
 async def test_deleting_a_manifest_detaches_it_from_agents(
@@ -762,7 +767,7 @@ async def test_deleting_a_manifest_detaches_it_from_agents(
     assert await stored_manifests(server, account, "Temporary") == 0
     assert await stored_versions(server, manifest["id"]) == []
     gone = await client.execute(MANIFEST_NODE, {"id": manifest["id"]}, token=account.access_token)
-    assert gone.codes == ["NOT_FOUND"]
+    assert (gone.errors, gone.data) == ([], {"node": None})
     seen = await client.execute(AGENT_MANIFESTS, {"id": agent_id}, token=account.access_token)
     assert seen.data["node"]["manifests"] == []
     again = await client.execute(

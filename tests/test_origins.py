@@ -112,6 +112,7 @@ class Handshake:
 
     frames: list[dict[str, Any]]
     close_code: int | None
+    reason: str = ""  # the close reason
 
     @property
     def acknowledged(self) -> bool:
@@ -129,7 +130,8 @@ async def handshake(
         while True:
             message = await ws.receive(timeout=10)
             if message.type != aiohttp.WSMsgType.TEXT:
-                return Handshake(frames, ws.close_code)
+                reason = message.extra if isinstance(message.extra, str) else ""
+                return Handshake(frames, ws.close_code, reason)
             frame = json.loads(message.data)
             frames.append(frame)
             if frame.get("type") == "connection_ack":
@@ -165,26 +167,52 @@ REFUSED = [
     "https://shop.example.org.evil.net",
     "http://sub.example.com",
     "https://shop.example.org@evil.net",
-    "null",  # sandboxed iframes, file: pages, some redirects
-    None,  # no Origin header at all: not a browser, and widgets are for browsers
+    "null",  # sandboxed iframes, file: pages, some redirects: present, so it must match
+    "https://" + "é" * 200 + ".example.org",  # its reason must still fit a close frame
 ]
 
 
 @pytest.mark.parametrize("origin", REFUSED, ids=repr)
 async def test_other_origins_are_closed_with_4403_before_any_ack(
-    server: RunningServer, http: aiohttp.ClientSession, shop: Deployed, origin: str | None
+    server: RunningServer, http: aiohttp.ClientSession, shop: Deployed, origin: str
 ) -> None:
     result = await handshake(http, server.ws_url, {"projectKey": shop.project_key}, origin)
     assert result.frames == []
     assert result.close_code == 4403
+    # API.md: the close reason says which check failed, and never holds a secret.
+    assert "origin" in result.reason and "not allowed" in result.reason, result.reason
+    assert shop.project_key not in result.reason
+    assert len(result.reason.encode()) <= 123
+
+
+async def test_a_widget_without_an_origin_is_treated_like_send_message(
+    server: RunningServer, http: aiohttp.ClientSession, shop: Deployed
+) -> None:
+    """No Origin header: a server-side client, not a browser; the key decides (API.md)."""
+    result = await handshake(http, server.ws_url, {"projectKey": shop.project_key}, None)
+    assert result.acknowledged, result
+    events = await widget_chat(http, server, shop.project_key, "Hello there", origin=None)
+    assert events[-1]["__typename"] == "ChatCompleted"
+
+
+async def test_a_widget_without_an_origin_still_needs_a_valid_key(
+    server: RunningServer, http: aiohttp.ClientSession, shop: Deployed
+) -> None:
+    result = await handshake(http, server.ws_url, {"projectKey": "pk_" + "x" * 32}, None)
+    assert (result.frames, result.close_code, result.reason) == ([], 4403, "unknown project key")
 
 
 async def test_an_unknown_or_missing_project_key_is_closed_with_4403(
     server: RunningServer, http: aiohttp.ClientSession, shop: Deployed
 ) -> None:
-    for payload in ({"projectKey": "pk_" + "x" * 32}, {"projectKey": 42}, {"projectKey": ""}):
-        result = await handshake(http, server.ws_url, payload, SHOP)
-        assert (result.frames, result.close_code) == ([], 4403), payload
+    expected = {
+        "pk_" + "x" * 32: "unknown project key",
+        42: "missing or malformed project key",
+        "": "missing or malformed project key",
+    }
+    for key, reason in expected.items():
+        result = await handshake(http, server.ws_url, {"projectKey": key}, SHOP)
+        assert (result.frames, result.close_code, result.reason) == ([], 4403, reason), key
 
 
 async def test_a_refused_widget_cannot_chat_by_skipping_the_handshake(

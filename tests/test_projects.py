@@ -460,8 +460,10 @@ async def test_other_organizations_projects_are_not_found(
     project = await new_project(client, owner, agent["id"])
     missing = to_global_id("Project", uuid.uuid4())
     for project_id in (project["id"], missing):
+        # API.md: node(id) is null, without an error, for foreign and unknown IDs alike.
+        read = await read_project(client, outsider, project_id)
+        assert (read.errors, read.data) == ([], {"node": None}), read.body
         for response in [
-            await read_project(client, outsider, project_id),
             await update_project(client, outsider, project_id, name="Mine"),
             await client.execute(ROTATE_KEY, {"id": project_id}, token=outsider.access_token),
             await client.execute(DELETE_PROJECT, {"id": project_id}, token=outsider.access_token),
@@ -484,7 +486,8 @@ async def test_delete_removes_the_project_and_its_key(
     deleted = await client.execute(DELETE_PROJECT, {"id": doomed["id"]}, token=account.access_token)
     assert deleted.errors == []
     assert deleted.data == {"deleteProject": True}
-    assert (await read_project(client, account, doomed["id"])).codes == ["NOT_FOUND"]
+    gone = await read_project(client, account, doomed["id"])
+    assert (gone.errors, gone.data) == ([], {"node": None})
     assert await stored_keys(server, account) == [kept["publishableKey"]]
     again = await client.execute(DELETE_PROJECT, {"id": doomed["id"]}, token=account.access_token)
     assert again.codes == ["NOT_FOUND"]

@@ -373,3 +373,30 @@ async def test_development_keeps_cookie_gets(tmp_path: Path) -> None:
     async with TestClient(TestServer(app)) as client:
         response = await client.get("/graphql", params=TYPENAME, headers=SESSION)
         assert response.status == 200
+
+
+# --- item 6: a subscription over plain HTTP -----------------------------------------------------
+
+SUBSCRIPTION = 'subscription { chat(input: {message: "hi"}) { __typename } }'
+
+
+@pytest.mark.parametrize(
+    "accept", ["application/json", GRAPHQL_RESPONSE, "multipart/mixed;subscriptionSpec=1.0"]
+)
+@pytest.mark.parametrize("method", ["POST", "GET"])
+async def test_a_subscription_over_http_is_a_request_error_naming_the_protocol(
+    server: RunningServer, http: aiohttp.ClientSession, method: str, accept: str
+) -> None:
+    """Not `Cannot return null for non-nullable field Subscription.chat` (an internal error,
+    the permission never run): subscriptions are served over WebSocket only, where they are
+    counted, limited and closed on containment."""
+    headers = {"Accept": accept, "X-Project-Key": "pk_nothing"}
+    if method == "POST":
+        request = http.post(url(server), json={"query": SUBSCRIPTION}, headers=headers)
+    else:
+        request = http.get(url(server), params={"query": SUBSCRIPTION}, headers=headers)
+    async with request as response:
+        assert response.status == 400
+        message = assert_request_error(await read(response), "BAD_REQUEST")
+    assert "graphql-transport-ws" in message
+    assert "WebSocket" in message

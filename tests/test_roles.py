@@ -38,6 +38,7 @@ ALLOWED = "ALLOWED"
 FORBIDDEN = "FORBIDDEN"
 NOT_FOUND = "NOT_FOUND"
 UNAUTHENTICATED = "UNAUTHENTICATED"
+NULL = "NULL"  # no error and no data: node(id) for what the caller may not know exists
 
 CALLERS = ("OWNER", "ADMIN", "EDITOR", "VIEWER", "OUTSIDER", "ANONYMOUS")
 
@@ -47,7 +48,7 @@ def row(*outcomes: str) -> dict[str, str]:
     return dict(zip(CALLERS, outcomes, strict=True))
 
 
-A, F, N, U = ALLOWED, FORBIDDEN, NOT_FOUND, UNAUTHENTICATED
+A, F, N, U, Z = ALLOWED, FORBIDDEN, NOT_FOUND, UNAUTHENTICATED, NULL
 
 # fmt: off
 ROLE_TABLE: dict[str, dict[str, str]] = {
@@ -56,7 +57,7 @@ ROLE_TABLE: dict[str, dict[str, str]] = {
     "members":          row(A,    A,    A,     A,     N,       U),
     "invitations":      row(A,    A,    F,     F,     N,       U),
     "auditLog":         row(A,    A,    F,     F,     N,       U),
-    "node":             row(A,    A,    A,     A,     N,       U),
+    "node":             row(A,    A,    A,     A,     Z,       U),
     "inviteMember":     row(A,    A,    F,     F,     N,       U),
     "updateMemberRole": row(A,    A,    F,     F,     N,       U),
     "removeMember":     row(A,    A,    F,     F,     N,       U),
@@ -92,6 +93,9 @@ def dig(data: Any, *keys: str) -> Any:
 
 def outcome(response: Response) -> str:
     if not response.errors:
+        data = response.data
+        if isinstance(data, dict) and data and all(value is None for value in data.values()):
+            return NULL
         return ALLOWED
     code = only_error(response).get("extensions", {}).get("code")
     assert isinstance(code, str), response.body

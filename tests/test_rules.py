@@ -72,7 +72,9 @@ async def test_a_rule_writes_nothing_when_its_caller_rolls_back(server: RunningS
     name = f"Rolled back {uuid.uuid4().hex[:8]}"
     with pytest.raises(Abort):
         async with services.write() as session:
-            created = await organizations.create_organization(session, actor, NOW, name)
+            created = await organizations.create_organization(
+                session, actor, NOW, services.settings, name
+            )
             assert created.id is not None
             raise Abort
     async with services.read() as session:
@@ -87,7 +89,9 @@ async def test_creating_an_organization_audits_it_under_the_actor(server: Runnin
     services = server.services
     actor, _ = await owner(services)
     async with services.write() as session:
-        created = await organizations.create_organization(session, actor, NOW, "Second")
+        created = await organizations.create_organization(
+            session, actor, NOW, services.settings, "Second"
+        )
     async with services.read() as session:
         role = await session.scalar(
             select(Membership.role).where(

@@ -171,6 +171,12 @@ async def test_a_refused_token_is_closed_with_4401_and_logged_without_the_token(
     result = await site.connect(token)
     assert result.frames == []
     assert result.close_code == 4401
+    # The close reason names the check that failed (API.md), never the token.
+    assert result.reason.startswith("end-user token"), result.reason
+    assert reason in result.reason or len(result.reason.encode()) == 123, result.reason
+    if token:
+        assert token not in result.reason
+        assert (token.rsplit(".", 1)[-1] or token) not in result.reason
     refusals = [
         record.getMessage() for record in caplog.records if "refused" in record.getMessage()
     ]
@@ -200,6 +206,7 @@ async def test_a_jwks_that_cannot_be_fetched_refuses_tokens_and_says_why(
 async def test_a_valid_token_from_a_foreign_origin_is_refused_with_4403(site: Site) -> None:
     result = await site.connect(RSA_KEY.sign(claims()), origin="https://evil.example.net")
     assert (result.frames, result.close_code) == ([], 4403)
+    assert result.reason == "origin not allowed for the project: 'https://evil.example.net'"
 
 
 async def test_a_project_switched_to_authenticated_needs_a_token(

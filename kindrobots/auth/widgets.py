@@ -19,6 +19,7 @@ from kindrobots.security.origins import origin_allowed
 
 UNAUTHORIZED = 4401
 FORBIDDEN = 4403
+MAX_CLOSE_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes
 
 
 class WidgetRejected(Exception):
@@ -31,6 +32,11 @@ class WidgetRejected(Exception):
         super().__init__(reason)
         self.close_code = close_code
         self.reason = reason
+
+    def close_reason(self) -> bytes:
+        """The reason as a WebSocket close reason: UTF-8, cut to fit a close frame."""
+        encoded = self.reason.encode()[:MAX_CLOSE_REASON_BYTES]
+        return encoded.decode(errors="ignore").encode()
 
     def as_error(self) -> Forbidden | Unauthenticated:
         if self.close_code == FORBIDDEN:
@@ -49,11 +55,13 @@ async def authenticate_widget(
 ) -> WidgetActor:
     """Check the project key, the Origin and (AUTHENTICATED projects) the end-user JWT.
 
-    ``browser_only`` (WebSocket widgets) refuses a missing Origin; the HTTP API
-    accepts server-to-server calls without one but checks any Origin it gets. The
-    project is read in a session of its own, closed before the token is verified: the
-    JWKS may have to be fetched from the customer's server, and no database connection
-    waits on that.
+    An Origin, when present, must match the project's; without one (a server-side
+    client, over HTTP or WebSocket alike) the key and token decide. ``browser_only``
+    refuses a missing Origin too.
+
+    The project is read in a session of its own, closed before the token is verified:
+    the JWKS may have to be fetched from the customer's server, and no database
+    connection waits on that.
     """
     if not isinstance(project_key, str) or not project_key.startswith("pk_"):
         raise WidgetRejected(FORBIDDEN, "missing or malformed project key")
@@ -66,7 +74,10 @@ async def authenticate_widget(
     if (origin is not None or browser_only) and not origin_allowed(
         origin, list(project.allowed_origins)
     ):
-        raise WidgetRejected(FORBIDDEN, f"origin {str(origin)[:100]!r} not allowed for the project")
+        # The check first: a close reason is cut at 123 bytes, the origin then loses its tail.
+        raise WidgetRejected(
+            FORBIDDEN, f"origin not allowed for the project: {str(origin)[:100]!r}"
+        )
     end_user, expires_at = None, None
     if project.access_mode == AccessMode.AUTHENTICATED.value:
         if not token:

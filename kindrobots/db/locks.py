@@ -27,6 +27,7 @@ from kindrobots.db.models import (
     Message,
     Organization,
     Project,
+    User,
 )
 
 LOCKED_HEADS = "kindrobots.locked_audit_heads"
@@ -72,6 +73,16 @@ async def lock_organization(
     return await session.scalar(
         select(Organization)
         .where(Organization.id == organization_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+
+
+async def lock_user(session: AsyncSession, user_id: uuid.UUID) -> User | None:
+    """Hold the user's row until the transaction ends (checks of what a user owns)."""
+    return await session.scalar(
+        select(User)
+        .where(User.id == user_id)
         .with_for_update()
         .execution_options(populate_existing=True)
     )

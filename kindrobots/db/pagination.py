@@ -19,6 +19,7 @@ from kindrobots.errors import BadUserInput
 
 T = TypeVar("T")
 MAX_PAGE = 100
+MAX_CURSOR_CHARS = 512
 
 
 @dataclass
@@ -35,6 +36,10 @@ def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    # A cursor this server made is ~80 characters; anything far longer is not one (and
+    # `[[[[…` would otherwise nest past the interpreter's recursion limit in json.loads).
+    if len(cursor) > MAX_CURSOR_CHARS:
+        raise BadUserInput("after", "The cursor is not valid.")
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at, row_id = json.loads(raw)
@@ -42,7 +47,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         if at.tzinfo is None or not isinstance(row_id, str):
             raise ValueError("not a cursor this server made")
         return at, uuid.UUID(row_id)
-    except (binascii.Error, ValueError, TypeError):
+    except (binascii.Error, ValueError, TypeError, RecursionError):
         raise BadUserInput("after", "The cursor is not valid.") from None
 
 

@@ -40,8 +40,10 @@ class AgentFields:
 def validate(fields: AgentFields) -> AgentFields:
     if fields.name is not None:
         fields.name = validation.text(fields.name, "name", 100)
-    if fields.system_prompt is not None and len(fields.system_prompt) > MAX_SYSTEM_PROMPT:
-        raise BadUserInput("systemPrompt", f"At most {MAX_SYSTEM_PROMPT} characters.")
+    if fields.system_prompt is not None:
+        if len(fields.system_prompt) > MAX_SYSTEM_PROMPT:
+            raise BadUserInput("systemPrompt", f"At most {MAX_SYSTEM_PROMPT} characters.")
+        validation.no_nul(fields.system_prompt, "systemPrompt")
     if fields.model is not None:
         fields.model = fields.model.strip()
         if not MODEL_NAME.match(fields.model):
@@ -221,6 +223,7 @@ async def list_agents(
     if search and search.strip():
         if len(search) > 100:
             raise BadUserInput("search", "Search for at most 100 characters.")
+        validation.no_nul(search, "search")
         conditions.append(Agent.name.ilike(_like_pattern(search.strip()), escape="\\"))
     return await organization_page(
         session, actor, Agent, organization_id, first, after, *conditions

@@ -99,7 +99,10 @@ async def sign_up(
 
 
 async def find_user(session: AsyncSession, email: str) -> User | None:
-    return await session.scalar(select(User).where(User.email == email.strip().lower()))
+    email = email.strip().lower()
+    if "\x00" in email:
+        return None  # no account has it; PostgreSQL would refuse it in a query
+    return await session.scalar(select(User).where(User.email == email))
 
 
 async def check_password(user: User | None, password: str) -> str | None:

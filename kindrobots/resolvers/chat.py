@@ -55,6 +55,7 @@ from kindrobots.db.models import (
 )
 from kindrobots.db.pagination import Page, paginate
 from kindrobots.errors import BadUserInput, NotFound
+from kindrobots.resolvers import validation
 from kindrobots.resolvers.access import member_organizations, organization_page, scoped_get
 from kindrobots.resolvers.credentials import open_api_key
 from kindrobots.security.crypto import KeyRing
@@ -124,7 +125,7 @@ def check_message(text: str) -> str:
     text = text.strip()
     if not 1 <= len(text) <= MAX_MESSAGE_CHARS:
         raise BadUserInput("message", f"Messages are 1 to {MAX_MESSAGE_CHARS} characters long.")
-    return text
+    return validation.no_nul(text, "message")
 
 
 async def _history(

@@ -25,6 +25,7 @@ MAX_SCHEMA_DEPTH = 24
 MAX_SCHEMA_NODES = 2000
 MAX_SCHEMA_CHARS = 100_000
 MAX_OUTPUT_CHARS = 4_000_000
+MAX_INTEGER_BITS = 1024
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 OPERATION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 FIELD = "openapi"
@@ -93,7 +94,8 @@ def load(text: str) -> dict[str, Any]:
             document = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - safe loader subclass
         except RecursionError:
             raise _bad(f"The document nests deeper than {MAX_NESTING} levels.") from None
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError):
+            # ValueError: an integer past Python's int-to-str digit limit (`int("1" * 5000)`).
             raise _bad("The document is neither valid JSON nor valid YAML.") from None
     if not isinstance(document, dict):
         raise _bad("The document must be an OpenAPI object.")
@@ -112,6 +114,13 @@ def _check_nesting(document: Any) -> None:
             isinstance(node, dict) and not all(_json_value(key, scalar=True) for key in node)
         ):
             raise _bad("The document holds a value that JSON cannot represent.")
+        if isinstance(node, int) and node.bit_length() > MAX_INTEGER_BITS:
+            # YAML reads `0x…` of any length; storing it as JSON would fail past 4300 digits.
+            raise _bad("The document holds a number too large to store.")
+        if (isinstance(node, str) and "\x00" in node) or (
+            isinstance(node, dict) and any(isinstance(key, str) and "\x00" in key for key in node)
+        ):
+            raise _bad("The document must not contain NUL (U+0000) characters.")
         children = (
             node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
         )

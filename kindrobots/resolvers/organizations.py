@@ -15,7 +15,7 @@ from kindrobots.auth.tokens import hash_token, new_opaque_token
 from kindrobots.billing.plans import Tier, plan_for
 from kindrobots.config import Settings
 from kindrobots.db.enums import Role
-from kindrobots.db.locks import lock_organization
+from kindrobots.db.locks import lock_organization, lock_user
 from kindrobots.db.models import Invitation, Membership, Organization, User
 from kindrobots.db.pagination import Page
 from kindrobots.errors import Conflict, Forbidden, NotFound, PaymentRequired
@@ -60,9 +60,26 @@ async def insert_organization(
 
 
 async def create_organization(
-    session: AsyncSession, actor: UserActor, now: datetime, name: str
+    session: AsyncSession, actor: UserActor, now: datetime, settings: Settings, name: str
 ) -> Organization:
+    """A new organization the actor owns, within ``max_organizations_per_user``.
+
+    The user's row is locked first, so concurrent creations by one user are counted one
+    after another and cannot all pass the cap (SQLite: the write lock of BEGIN IMMEDIATE).
+    """
     name = validation.text(name, "name", 100)
+    await lock_user(session, actor.user.id)
+    owned = await session.scalar(
+        select(func.count())
+        .select_from(Membership)
+        .where(Membership.user_id == actor.user.id, Membership.role == Role.OWNER.value)
+    )
+    limit = settings.max_organizations_per_user
+    if (owned or 0) >= limit:
+        raise Forbidden(
+            f"You already own {limit} organizations, the most one user may own; "
+            "delete one or have another owner create it."
+        )
     return await insert_organization(session, actor, now, actor.user, name)
 
 

@@ -12,9 +12,18 @@ MIN_PASSWORD = 8
 MAX_PASSWORD = 256
 
 
+def no_nul(value: str, field: str) -> str:
+    """PostgreSQL refuses NUL (U+0000) in text; refused here, naming the field, on both
+    databases alike -- for text that may otherwise hold control characters (prompts,
+    chat messages, documents)."""
+    if "\x00" in value:
+        raise BadUserInput(field, f"{field} must not contain NUL (U+0000) characters.")
+    return value
+
+
 def email(value: str, field: str = "email") -> str:
     value = value.strip().lower()
-    if len(value) > 320 or not EMAIL.match(value):
+    if len(value) > 320 or not EMAIL.match(value) or any(ord(char) < 32 for char in value):
         raise BadUserInput(field, "Enter a valid email address.")
     return value
 

@@ -1,5 +1,6 @@
 """``node(id)``: any object by its global ID, with the same scoping and roles as its own
-field (an AuditEvent needs ADMIN, an LlmCredential ADMIN)."""
+field (an AuditEvent needs ADMIN, an LlmCredential ADMIN); null for what the caller
+cannot see."""
 
 from __future__ import annotations
 
@@ -95,9 +96,15 @@ FETCHERS: dict[str, Fetch] = {
 class NodeQuery:
     @strawberry.field(extensions=authenticated())
     async def node(self, info: Info, id: strawberry.ID) -> Node | None:
-        type_name, raw_id = parse_global_id(id)
-        fetch = FETCHERS.get(type_name)
-        if fetch is None:
-            raise NotFound()
-        async with info.context.services.read() as session:
-            return await fetch(session, signed_in(info), raw_id)
+        """API.md: null, without an error, for an unknown ID and for another organization's
+        alike (malformed IDs and types that are not nodes too); a member whose role is too
+        weak for the type still gets FORBIDDEN."""
+        try:
+            type_name, raw_id = parse_global_id(id)
+            fetch = FETCHERS.get(type_name)
+            if fetch is None:
+                return None
+            async with info.context.services.read() as session:
+                return await fetch(session, signed_in(info), raw_id)
+        except NotFound:
+            return None

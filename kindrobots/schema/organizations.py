@@ -283,13 +283,16 @@ class OrganizationQuery:
 
 @strawberry.type
 class OrganizationMutation:
-    @strawberry.mutation(extensions=authenticated())
+    @strawberry.mutation(
+        extensions=authenticated(),
+        directives=[RateLimit(limit=10, window=3600, per=RateLimitKey.CALLER)],
+    )
     async def create_organization(
         self, info: Info, input: CreateOrganizationInput
     ) -> OrganizationType:
         async with info.context.services.write() as session:
             row = await organizations.create_organization(
-                session, signed_in(info), info.now(), input.name
+                session, signed_in(info), info.now(), info.context.settings, input.name
             )
         return OrganizationType.from_row(row)
 

@@ -271,7 +271,9 @@ class Settings(BaseSettings):
     def _stripe_pair(self) -> Settings:
         # Half a configuration would take payments whose webhooks are then refused.
         if bool(self.stripe_secret_key) != bool(self.stripe_webhook_secret):
-            raise ValueError("KR_STRIPE_SECRET_KEY and KR_STRIPE_WEBHOOK_SECRET must be set together")
+            raise ValueError(
+                "KR_STRIPE_SECRET_KEY and KR_STRIPE_WEBHOOK_SECRET must be set together"
+            )
         return self
 
     @model_validator(mode="after")

@@ -46,9 +46,7 @@ def upgrade() -> None:
         ),
         sa.Column("cancel_at_period_end", sa.Boolean(), nullable=False),
         sa.Column("trial_end", kindrobots.db.models.UTCDateTime(timezone=True), nullable=True),
-        sa.Column(
-            "past_due_since", kindrobots.db.models.UTCDateTime(timezone=True), nullable=True
-        ),
+        sa.Column("past_due_since", kindrobots.db.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("updated_at", kindrobots.db.models.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["organization_id"],

@@ -451,9 +451,11 @@ async def handle_event(
     customer_id = _event_customer(event)
     organization_id = await _organization_of(read, event, customer_id)
     # The subscription as Stripe has it now: events in any order end in its current state.
-    state = (
-        await gateway.current_subscription(customer_id) if organization_id and customer_id else None
-    )
+    if customer_id is None:
+        organization_id = None  # no customer to re-read: nothing to apply
+    state = None
+    if organization_id is not None and customer_id is not None:
+        state = await gateway.current_subscription(customer_id)
     try:
         async with write() as session:
             session.add(

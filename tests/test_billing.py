@@ -10,6 +10,7 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,17 +28,24 @@ from kindrobots.db.models import AuditEvent, BillingAccount, Organization, Strip
 from kindrobots.errors import PaymentRequired
 from kindrobots.ids import from_global_id
 from kindrobots.resolvers import billing, organizations
+from tests.chat_helpers import deploy
 from tests.conftest import (
+    REDIS_URL,
     Account,
     Client,
     RunningServer,
     backend_server,
+    make_settings,
+    require_service,
+    scratch_database,
     set_tier,
     sign_up,
+    start_server,
     unique_email,
 )
 from tests.fake_stripe import FakeStripe, event, fake_stripe, sign
 from tests.org_helpers import add_member, invite, member_roles
+from tests.test_rate_limits import SEND, ForwardedClient, fresh_ip
 
 SECRET_KEY = f"sk_test_{secrets.token_hex(16)}"
 WEBHOOK_SECRET = f"whsec_{secrets.token_hex(16)}"
@@ -612,3 +620,60 @@ async def test_billing_off(backend: str, tmp_path: Path, http: aiohttp.ClientSes
         )
         assert state.data["organization"]["tier"] == "ENTERPRISE"
         assert state.data["organization"]["billing"]["status"] == "none"
+
+
+async def test_a_downgrade_drops_the_chat_limit_at_once_on_a_second_instance(
+    backend: str, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """Two instances on one database and one Redis: instance A takes the webhook, the
+    very next chat message on instance B is measured against Starter's limit."""
+    require_service("Redis", REDIS_URL, 6379)
+    async with AsyncExitStack() as stack:
+        stripe = await stack.enter_async_context(fake_stripe())
+        overrides: dict[str, object] = {
+            "rate_limits": True,
+            "trusted_proxies": "127.0.0.1",
+            "redis_url": REDIS_URL,
+            "stripe_secret_key": SECRET_KEY,
+            "stripe_webhook_secret": WEBHOOK_SECRET,
+            "stripe_api_base": stripe.url,
+            "stripe_price_professional": PRO,
+        }
+        if backend == "postgresql":
+            overrides["database_url"] = await stack.enter_async_context(scratch_database())
+        settings = make_settings(tmp_path, backend, **overrides)
+        runner_a, first = await start_server(settings)
+        stack.push_async_callback(runner_a.cleanup)
+        runner_b, second = await start_server(settings)
+        stack.push_async_callback(runner_b.cleanup)
+
+        ip = fresh_ip()
+        client_a = ForwardedClient(http, first.base_url, ip)
+        client_b = ForwardedClient(http, second.base_url, ip)
+        owner = await sign_up(client_a)
+        shop = await deploy(client_a, owner)
+        on_a = Billed(first, stripe, client_a, http, [], [])
+        await _checkout(on_a, owner)
+        customer = await _customer_of(first, owner.organization_id)
+        assert customer
+        stripe.subscribe(customer, PRO)
+        assert (
+            await on_a.deliver(event("customer.subscription.created", {"customer": customer}))
+            == 200
+        )
+
+        project = {"X-Project-Key": shop.project_key}
+        for number in range(21):  # more than Starter's 20 per minute
+            sent = await client_b.execute(
+                SEND, {"input": {"message": f"m{number}"}}, headers=project
+            )
+            assert (sent.status, sent.errors) == (200, []), sent.errors
+
+        stripe.subscribe(customer, PRO, "canceled")
+        assert (
+            await on_a.deliver(event("customer.subscription.deleted", {"customer": customer}))
+            == 200
+        )
+        refused = await client_b.execute(SEND, {"input": {"message": "late"}}, headers=project)
+        assert refused.status == 429
+        assert refused.codes == ["RATE_LIMITED"]

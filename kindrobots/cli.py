@@ -6,9 +6,12 @@ import argparse
 import asyncio
 import sys
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from kindrobots.config import (
     ConfigError,
@@ -123,6 +126,99 @@ def _keys_rotate(settings: Settings, batch_size: int) -> int:
     return asyncio.run(run())
 
 
+async def _with_services(settings: Settings, job: Callable[[Services], Awaitable[int]]) -> int:
+    from kindrobots.server import create_services
+
+    services = create_services(settings)
+    try:
+        return await job(services)
+    except (OSError, SQLAlchemyError) as exc:
+        sys.stderr.write(f"kindrobots: the database is unreachable ({type(exc).__name__})\n")
+        return 1
+    finally:
+        if services.stripe is not None:
+            await services.stripe.close()
+        if services.redis is not None:
+            await services.redis.aclose()
+        await services.engine.dispose()
+
+
+def _org_set_tier(settings: Settings, reference: str, tier_name: str) -> int:
+    from kindrobots.auth.principals import CLI
+    from kindrobots.billing.plans import Tier
+    from kindrobots.resolvers import billing
+
+    try:
+        tier = Tier(tier_name.upper())
+    except ValueError:
+        sys.stderr.write(f"kindrobots: unknown tier (one of {', '.join(t.value for t in Tier)})\n")
+        return 2
+
+    async def job(services: Services) -> int:
+        async with services.write() as session:
+            organization = await billing.find_organization(session, reference)
+            if organization is None:
+                sys.stderr.write("kindrobots: no such organization\n")
+                return 1
+            changed = await billing.set_tier(session, CLI, datetime.now(UTC), organization.id, tier)
+        sys.stdout.write(f"{organization.slug}: {tier.value}{'' if changed else ' (unchanged)'}\n")
+        return 0
+
+    return asyncio.run(_with_services(settings, job))
+
+
+async def billing_sync(services: Services, reference: str | None = None) -> tuple[int, int, int]:
+    """Re-read every customer's (or one organization's) subscriptions from Stripe and
+    repair local state: (organizations checked, changed, failed)."""
+    from kindrobots.auth.principals import CLI
+    from kindrobots.billing.stripe_client import StripeUnavailable
+    from kindrobots.resolvers import billing
+
+    assert services.stripe is not None
+    organization_id = None
+    if reference is not None:
+        async with services.read() as session:
+            organization = await billing.find_organization(session, reference)
+        if organization is None:
+            raise LookupError(reference)
+        organization_id = organization.id
+    async with services.read() as session:
+        pairs = await billing.customers(session, organization_id)
+    changed = failed = 0
+    for org, customer in pairs:
+        try:
+            if await billing.sync_organization(
+                services.write,
+                services.stripe,
+                CLI,
+                datetime.now(UTC),
+                services.settings,
+                org,
+                customer,
+            ):
+                changed += 1
+        except StripeUnavailable:
+            failed += 1
+    return len(pairs), changed, failed
+
+
+def _billing_sync(settings: Settings, reference: str | None) -> int:
+    if not settings.billing_enabled:
+        sys.stderr.write("kindrobots: billing is not configured (KR_STRIPE_SECRET_KEY)\n")
+        return 2
+
+    async def job(services: Services) -> int:
+        try:
+            checked, changed, failed = await billing_sync(services, reference)
+        except LookupError:
+            sys.stderr.write("kindrobots: no such organization\n")
+            return 1
+        sys.stdout.write(f"checked {checked}, repaired {changed}, failed {failed}\n")
+        return 1 if failed else 0
+
+    return asyncio.run(_with_services(settings, job))
+
+
 def _schema() -> None:
     from kindrobots.schema import build_schema
 
@@ -153,6 +249,17 @@ def parser() -> argparse.ArgumentParser:
     audit = commands.add_parser("audit", help="audit log tools")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     audit_commands.add_parser("verify", help="check every audit hash chain and its sealed head")
+    org = commands.add_parser("org", help="organization administration")
+    org_commands = org.add_subparsers(dest="org_command", required=True)
+    set_tier = org_commands.add_parser("set-tier", help="grant a tier by hand (audited)")
+    set_tier.add_argument("organization", help="organization ID, global ID or slug")
+    set_tier.add_argument("tier", help="STARTER, PROFESSIONAL or ENTERPRISE")
+    billing = commands.add_parser("billing", help="Stripe billing tools")
+    billing_commands = billing.add_subparsers(dest="billing_command", required=True)
+    sync = billing_commands.add_parser(
+        "sync", help="re-read subscriptions from Stripe and repair local state"
+    )
+    sync.add_argument("--org", dest="organization", help="only this organization")
     return root
 
 
@@ -178,6 +285,10 @@ def main(argv: list[str] | None = None) -> int:
         return _audit_verify(settings)
     elif args.command == "keys":
         return _keys_rotate(settings, args.batch_size)
+    elif args.command == "org":
+        return _org_set_tier(settings, args.organization, args.tier)
+    elif args.command == "billing":
+        return _billing_sync(settings, args.organization)
     else:
         _serve(settings)
     return 0

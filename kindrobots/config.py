@@ -150,6 +150,8 @@ class Settings(BaseSettings):
     stripe_price_starter: str | None = None
     stripe_price_professional: str | None = None
     stripe_price_enterprise: str | None = None
+    # Days a past_due subscription keeps its tier before the Starter limits apply.
+    billing_grace_days: int = Field(default=7, ge=0, le=90)
 
     rate_limits: bool = True
     # When Redis cannot be reached: "open" keeps serving (logged, counted), "closed" refuses.
@@ -268,6 +270,15 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _stripe_pair(self) -> Settings:
+        # Half a configuration would take payments whose webhooks are then refused.
+        if bool(self.stripe_secret_key) != bool(self.stripe_webhook_secret):
+            raise ValueError(
+                "KR_STRIPE_SECRET_KEY and KR_STRIPE_WEBHOOK_SECRET must be set together"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _production(self) -> Settings:
         if self.env != "production":
             return self
@@ -293,6 +304,11 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @property
+    def billing_enabled(self) -> bool:
+        """Stripe billing is on: without its settings tiers are set by ``org set-tier``."""
+        return bool(self.stripe_secret_key and self.stripe_webhook_secret)
 
     @property
     def is_production(self) -> bool:

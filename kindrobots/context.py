@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from kindrobots.auth.principals import Actor
 from kindrobots.auth.tokens import TokenSigner
 from kindrobots.auth.widgets import WidgetRejected
+from kindrobots.billing.stripe_client import StripeGateway
 from kindrobots.broker import Broker
 from kindrobots.config import Settings
 from kindrobots.security.connections import Slot
@@ -45,6 +46,8 @@ class Services:
     limiter: Limiter
     jwks: JwksCache
     redis: Redis | None = None
+    # The Stripe client; None while billing is off (no KR_STRIPE_* settings).
+    stripe: StripeGateway | None = None
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

@@ -25,6 +25,7 @@ from strawberry.types.graphql import OperationType
 from kindrobots.auth.principals import UserActor, WidgetActor
 from kindrobots.auth.tokens import TokenSigner
 from kindrobots.auth.widgets import WidgetRejected, authenticate_widget
+from kindrobots.billing.stripe_client import StripeGateway
 from kindrobots.broker.memory import MemoryBroker
 from kindrobots.broker.redis import RedisBroker
 from kindrobots.config import Settings
@@ -40,6 +41,7 @@ from kindrobots.security.jwks import JwksCache
 from kindrobots.security.operation_limits import MAX_DOCUMENT_CHARS
 from kindrobots.security.ratelimit import MemoryLimiter, RedisLimiter
 from kindrobots.security.transport import setup_transport, ssl_context_for
+from kindrobots.webhooks import add_webhook_routes
 from kindrobots.widget import add_widget_routes
 
 logger = logging.getLogger("kindrobots.server")
@@ -547,6 +549,7 @@ def create_services(settings: Settings) -> Services:
         ),
         jwks=JwksCache(settings.outbound_allow, https_only=settings.is_production),
         redis=redis,
+        stripe=StripeGateway(settings) if settings.billing_enabled else None,
     )
 
 
@@ -559,6 +562,8 @@ async def _close_websockets(app: web.Application) -> None:
 async def _close_services(app: web.Application) -> None:
     services = app[SERVICES]
     await services.broker.close()
+    if services.stripe is not None:
+        await services.stripe.close()
     if services.redis is not None:
         await services.redis.aclose()
     await services.engine.dispose()
@@ -578,6 +583,7 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
     app.router.add_get("/.well-known/jwks.json", jwks)
     app.router.add_get("/metrics", metrics)
     add_widget_routes(app, settings)
+    add_webhook_routes(app, services)  # only while billing is configured: else 404
     # Both go in front of any other middleware: the HTTPS redirect first, then CORS.
     setup_cors(app, CorsPolicy(settings.dashboard_origins, project_origins(services.sessionmaker)))
     setup_transport(app, settings)

@@ -55,6 +55,7 @@ NESTED: dict[str, tuple[str, str]] = {
     "Organization.llmCredentials": ("llmCredentials { label }", "ADMIN"),
     "Organization.invitations": ("invitations { email }", "ADMIN"),
     "Organization.auditLog": ("auditLog { edges { node { action } } }", "ADMIN"),
+    "Organization.billing": ("billing { tier seatsUsed }", "ADMIN"),
     "AuditEvent.actor": ("auditLog { edges { node { actor { email } } } }", "ADMIN"),
 }
 # The types a member reaches under an organization (payloads of a caller's own

@@ -1,9 +1,15 @@
-"""The subscription tiers and what each allows (SECURITY_POLICY.txt 5.1 for seats)."""
+"""The subscription tiers and what each allows (SECURITY_POLICY.txt 5.1 for seats).
+
+This table is the one place plan facts live: seats (invitations), the chat rate limit
+(``@rateLimit(fromPlan: true)``), the monthly token allowance and the Stripe price of
+each tier. Which tier applies *now* is :func:`effective_tier`.
+"""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from datetime import datetime
 
 from kindrobots.config import Settings
 
@@ -20,16 +26,40 @@ class Plan:
     name: str
     admin_seats: int | None  # None: unlimited
     chat_messages_per_minute: int
+    monthly_tokens: int | None  # None: unlimited
     price_id: str | None
 
 
 def plans(settings: Settings) -> list[Plan]:
     return [
-        Plan(Tier.STARTER, "Starter", 1, 20, settings.stripe_price_starter),
-        Plan(Tier.PROFESSIONAL, "Professional", 5, 120, settings.stripe_price_professional),
-        Plan(Tier.ENTERPRISE, "Enterprise", None, 600, settings.stripe_price_enterprise),
+        Plan(Tier.STARTER, "Starter", 1, 20, 200_000, settings.stripe_price_starter),
+        Plan(
+            Tier.PROFESSIONAL,
+            "Professional",
+            5,
+            120,
+            5_000_000,
+            settings.stripe_price_professional,
+        ),
+        Plan(Tier.ENTERPRISE, "Enterprise", None, 600, None, settings.stripe_price_enterprise),
     ]
 
 
 def plan_for(settings: Settings, tier: Tier) -> Plan:
     return next(plan for plan in plans(settings) if plan.tier == tier)
+
+
+def tier_for_price(settings: Settings, price_id: str | None) -> Tier | None:
+    """The tier a Stripe price buys; None for a price that is none of ours."""
+    if not price_id:
+        return None
+    return next((plan.tier for plan in plans(settings) if plan.price_id == price_id), None)
+
+
+def effective_tier(tier: str | Tier, grace_until: datetime | None, now: datetime) -> Tier:
+    """The tier whose limits apply at ``now``: the granted tier, except that a past-due
+    subscription's grace period (``grace_until``) has run out, when Starter applies."""
+    granted = tier if isinstance(tier, Tier) else Tier(tier)
+    if grace_until is not None and now >= grace_until:
+        return Tier.STARTER
+    return granted

@@ -85,7 +85,11 @@ class Organization(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     name: Mapped[str] = mapped_column(String(100))
     slug: Mapped[str] = mapped_column(String(120), unique=True)
+    # The tier the organization's subscription (or ``org set-tier``) grants. While the
+    # subscription is past due it holds until ``tier_grace_until``; after that the
+    # Starter limits apply (billing.plans.effective_tier). Written by resolvers.billing.
     tier: Mapped[str] = mapped_column(String(16), default="STARTER")
+    tier_grace_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -372,3 +376,40 @@ class Message(Base):
     input_tokens: Mapped[int] = mapped_column(Integer, default=0)
     output_tokens: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class BillingAccount(Base):
+    """An organization's Stripe customer and the state of its subscription, as Stripe
+    last reported it (re-fetched on every webhook and by ``kindrobots billing sync``)."""
+
+    __tablename__ = "billing"
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
+    )
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    stripe_subscription_id: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str | None] = mapped_column(String(32))
+    price_id: Mapped[str | None] = mapped_column(String(255))
+    tier: Mapped[str | None] = mapped_column(String(16))
+    current_period_start: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    current_period_end: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    cancel_at_period_end: Mapped[bool] = mapped_column(Boolean, default=False)
+    trial_end: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the subscription was first seen past due (the grace period counts from here).
+    past_due_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class StripeEvent(Base):
+    """Each Stripe event applied, recorded in the transaction of its effect: the primary
+    key makes a redelivery (also a concurrent one) a no-op."""
+
+    __tablename__ = "stripe_events"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    type: Mapped[str] = mapped_column(String(100))
+    organization_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("organizations.id", ondelete="SET NULL")
+    )
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

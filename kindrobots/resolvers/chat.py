@@ -15,7 +15,7 @@ import logging
 import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, select, update
@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kindrobots.auth.principals import UserActor, WidgetActor
 from kindrobots.auth.widgets import still_allowed
-from kindrobots.billing.plans import Tier
+from kindrobots.billing.plans import Tier, effective_tier
 from kindrobots.broker import Broker
 from kindrobots.chat import runtime, tools
 from kindrobots.chat.providers import (
@@ -78,12 +78,21 @@ class ChatTarget:
     manifests: list[tuple[list[str], list[dict[str, Any]]]] = field(default_factory=list)
 
 
-async def load_target(session: AsyncSession, actor: WidgetActor) -> ChatTarget:
+async def load_target(
+    session: AsyncSession, actor: WidgetActor, now: datetime | None = None
+) -> ChatTarget:
     """Everything one message needs, in one statement (a row per manifest of the agent);
     FORBIDDEN or UNAUTHENTICATED when the project no longer admits the widget."""
     rows = (
         await session.execute(
-            select(Project, Organization.tier, Agent, LlmCredential, ManifestVersion)
+            select(
+                Project,
+                Organization.tier,
+                Organization.tier_grace_until,
+                Agent,
+                LlmCredential,
+                ManifestVersion,
+            )
             .join(Organization, Organization.id == Project.organization_id)
             .join(Agent, Agent.id == Project.agent_id)
             .outerjoin(LlmCredential, LlmCredential.id == Agent.llm_credential_id)
@@ -101,13 +110,15 @@ async def load_target(session: AsyncSession, actor: WidgetActor) -> ChatTarget:
         )
     ).all()
     still_allowed(actor, rows[0][0] if rows else None)
-    project, tier, agent, credential, _ = rows[0]
+    project, tier, grace_until, agent, credential, _ = rows[0]
     manifests = [
         (list(version.servers), list(version.operations))
         for *_, version in rows
         if version is not None
     ]
-    return ChatTarget(project, Tier(tier), agent, credential, manifests)
+    # The tier in force as of this message (a lapsed past-due grace period is Starter).
+    tier_now = effective_tier(tier, grace_until, now or datetime.now(UTC))
+    return ChatTarget(project, tier_now, agent, credential, manifests)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kindrobots.auth.principals import Actor, UserActor
 from kindrobots.auth.tokens import hash_token, new_opaque_token
-from kindrobots.billing.plans import Tier, plan_for
+from kindrobots.billing.plans import Tier, effective_tier, plan_for
 from kindrobots.config import Settings
 from kindrobots.db.enums import Role
 from kindrobots.db.locks import lock_organization, lock_user
@@ -146,7 +146,8 @@ async def _check_seats(
     organization: Organization,
     count_pending: bool,
 ) -> None:
-    plan = plan_for(settings, Tier(organization.tier))
+    # The tier in force now: after a downgrade the members stay, new seats are refused.
+    plan = plan_for(settings, effective_tier(organization.tier, organization.tier_grace_until, now))
     if plan.admin_seats is None:
         return
     used = await session.scalar(

@@ -21,6 +21,7 @@ from kindrobots.context import RequestContext
 from kindrobots.schema.agents import AgentMutation
 from kindrobots.schema.auth import AuthMutation, AuthQuery
 from kindrobots.schema.base import Info
+from kindrobots.schema.billing import BillingMutation
 from kindrobots.schema.callers import begin_operation
 from kindrobots.schema.chat import ChatMutation, ChatSubscription
 from kindrobots.schema.credentials import CredentialMutation
@@ -44,6 +45,7 @@ Mutation = merge_types(
         ManifestMutation,
         ProjectMutation,
         ChatMutation,
+        BillingMutation,
     ),
 )
 Subscription = merge_types("Subscription", (ChatSubscription,))

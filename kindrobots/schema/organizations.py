@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 
 import strawberry
 
-from kindrobots.billing.plans import Plan, Tier, plans
+from kindrobots.billing.plans import Plan, Tier, effective_tier, plans
 from kindrobots.db import models
 from kindrobots.db.enums import Role
 from kindrobots.errors import NotFound
@@ -15,6 +15,7 @@ from kindrobots.ids import from_global_id, to_global_id
 from kindrobots.resolvers import (
     agents,
     audit,
+    billing,
     chat,
     credentials,
     manifests,
@@ -24,6 +25,7 @@ from kindrobots.resolvers import (
 from kindrobots.schema.agents import AgentType
 from kindrobots.schema.audit import AuditEventType
 from kindrobots.schema.base import Connection, Info, Node, to_connection
+from kindrobots.schema.billing import BillingType
 from kindrobots.schema.chat import ConversationType
 from kindrobots.schema.credentials import LlmCredentialType
 from kindrobots.schema.directives import RateLimit, RateLimitKey
@@ -50,6 +52,7 @@ class PlanType:
     name: str
     admin_seats: int | None
     chat_messages_per_minute: int
+    monthly_tokens: int | None  # input and output tokens per billing period; None: unlimited
     price_id: str | None
 
     @classmethod
@@ -59,6 +62,7 @@ class PlanType:
             name=plan.name,
             admin_seats=plan.admin_seats,
             chat_messages_per_minute=plan.chat_messages_per_minute,
+            monthly_tokens=plan.monthly_tokens,
             price_id=plan.price_id,
         )
 
@@ -216,6 +220,15 @@ class OrganizationType(Node):
         return [InvitationType.from_row(row) for row in rows]
 
     @strawberry.field(extensions=requires(Role.ADMIN, OnSource()))
+    async def billing(self, info: Info) -> BillingType:
+        grant = granted(info)
+        async with info.context.services.read() as session:
+            view = await billing.billing_view(
+                session, info.now(), info.context.settings, grant.organization_id
+            )
+        return BillingType.from_view(view)
+
+    @strawberry.field(extensions=requires(Role.ADMIN, OnSource()))
     async def audit_log(
         self,
         info: Info,
@@ -241,7 +254,8 @@ class OrganizationType(Node):
             id=strawberry.ID(to_global_id("Organization", row.id)),
             name=row.name,
             slug=row.slug,
-            tier=Tier(row.tier),
+            # The tier in force now: a lapsed past-due grace period shows as Starter.
+            tier=effective_tier(row.tier, row.tier_grace_until, datetime.now(UTC)),
             created_at=row.created_at,
             organization_id=row.id,
         )

@@ -30,12 +30,14 @@ from kindrobots.broker.redis import RedisBroker
 from kindrobots.config import Settings
 from kindrobots.context import Cookie, RequestContext, Services
 from kindrobots.db.engine import create_engine, create_sessionmaker
+from kindrobots.errors import PublicError, ServiceUnavailable
 from kindrobots.schema import build_schema
 from kindrobots.schema.callers import identify
 from kindrobots.security.client_ip import client_ip
 from kindrobots.security.connections import ConnectionLimits, Slot
 from kindrobots.security.cors import CorsPolicy, project_origins, setup_cors
 from kindrobots.security.crypto import KeyRing
+from kindrobots.security.errors import public_failure
 from kindrobots.security.jwks import JwksCache
 from kindrobots.security.operation_limits import MAX_DOCUMENT_CHARS
 from kindrobots.security.ratelimit import MemoryLimiter, RedisLimiter
@@ -71,6 +73,7 @@ DOCUMENT_TOO_LARGE: web.RequestKey[bool] = web.RequestKey("document_too_large", 
 REQUEST_ERROR: web.RequestKey[bool] = web.RequestKey("graphql_request_error", bool)
 MUTATION_OVER_GET: web.RequestKey[bool] = web.RequestKey("graphql_mutation_over_get", bool)
 RETRY_AFTER: web.RequestKey[int] = web.RequestKey("graphql_retry_after", int)
+UNAVAILABLE: web.RequestKey[bool] = web.RequestKey("graphql_unavailable", bool)
 
 
 def _bearer(header: str | None) -> str | None:
@@ -112,6 +115,17 @@ def request_error(
         {"errors": [{"message": message, "extensions": {"code": code or _error_code(status)}}]},
         status=status,
         headers=headers,
+    )
+
+
+def failure_response(error: PublicError) -> web.Response:
+    """A request that failed before (or outside) any operation, in the error shape:
+    503 with Retry-After when a backing service is down, else 500 with an errorId."""
+    unavailable = isinstance(error, ServiceUnavailable)
+    return web.json_response(
+        {"errors": [{"message": error.message, "extensions": error.extensions}]},
+        status=503 if unavailable else 500,
+        headers={"Retry-After": str(ServiceUnavailable.retry_after)} if unavailable else None,
     )
 
 
@@ -239,6 +253,23 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
         return origin in self.services.settings.dashboard_origins or origin == public
 
     async def on_ws_connect(self, context: RequestContext) -> dict[str, object] | None:
+        """``connection_init``; a failure closes the socket with a code, never drops it:
+        1013 (try again later) when a backing service is down, else 1011."""
+        try:
+            return await self._ws_connect(context)
+        except ConnectionRejectionError:
+            raise
+        except Exception as error:  # classified and logged by public_failure
+            failure = public_failure(error, "connection_init")
+            unavailable = isinstance(failure, ServiceUnavailable)
+            if context.close_connection is not None:
+                await context.close_connection(
+                    code=WSCloseCode.TRY_AGAIN_LATER if unavailable else WSCloseCode.INTERNAL_ERROR,
+                    message=b"Try again later" if unavailable else b"Internal error",
+                )
+            raise ConnectionRejectionError() from None
+
+    async def _ws_connect(self, context: RequestContext) -> dict[str, object] | None:
         params = context.connection_params or {}
         if "projectKey" in params:
             token = params.get("token")
@@ -374,6 +405,8 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
             extensions = error.extensions or {}
             if extensions.get("code") == "RATE_LIMITED":
                 request[RETRY_AFTER] = int(extensions.get("retryAfter") or 1)
+            elif extensions.get("code") == "SERVICE_UNAVAILABLE":
+                request[UNAVAILABLE] = True
         processed = await super().process_result(request, result)
         if never_executed and GRAPHQL_RESPONSE_JSON in request.headers.get("Accept", ""):
             # GraphQL over HTTP: a document that fails to parse or validate has no `data`.
@@ -398,6 +431,12 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
             if request.get(MUTATION_OVER_GET):
                 return request_error(405, error.reason, headers={"Allow": "POST"})
             return request_error(error.status_code, error.reason)
+        except web.HTTPException:
+            raise  # aiohttp's own refusals: graphql_request_errors answers them
+        except Exception as error:  # classified and logged by public_failure
+            # Raised outside any operation (building the context, authenticating a widget):
+            # Strawberry would let it through as aiohttp's text/plain 500.
+            return failure_response(public_failure(error, f"{request.method} {request.path}"))
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         if self.is_websocket_request(request):
@@ -418,6 +457,10 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
         if isinstance(response, web.Response) and retry_after is not None:
             response.set_status(429)
             response.headers["Retry-After"] = str(retry_after)
+        if isinstance(response, web.Response) and request.get(UNAVAILABLE):
+            # API.md, Errors: SERVICE_UNAVAILABLE over HTTP is 503 with Retry-After.
+            response.set_status(503)
+            response.headers["Retry-After"] = str(ServiceUnavailable.retry_after)
         return response
 
 

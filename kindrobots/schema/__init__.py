@@ -55,7 +55,7 @@ class OperationScope(SchemaExtension):
     many operations on one context, and none may act on a session that has ended.
 
     If the caller cannot be looked up (the database is down), the operation does not run:
-    the failure becomes its only error, after validation, so ``PublicErrors`` masks it like
+    the failure becomes its only error, in place of validation, so ``PublicErrors`` masks it like
     any other (``SERVICE_UNAVAILABLE`` or ``Unexpected error.``). Raised from
     ``on_operation`` itself it would skip the masking and reach the client as it is.
     """
@@ -74,12 +74,14 @@ class OperationScope(SchemaExtension):
         yield
 
     def on_validate(self) -> Iterator[None]:
-        yield
+        # Before validation: errors already there are the operation's result (Strawberry
+        # checks them inside this hook, and skips validating a document that has some).
         if self._failure is not None:
             failure, self._failure = self._failure, None
             self.execution_context.pre_execution_errors = [
                 GraphQLError("The caller could not be identified.", original_error=failure)
             ]
+        yield
 
 
 class Schema(strawberry.Schema):

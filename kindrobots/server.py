@@ -74,6 +74,9 @@ REQUEST_ERROR: web.RequestKey[bool] = web.RequestKey("graphql_request_error", bo
 MUTATION_OVER_GET: web.RequestKey[bool] = web.RequestKey("graphql_mutation_over_get", bool)
 RETRY_AFTER: web.RequestKey[int] = web.RequestKey("graphql_retry_after", int)
 UNAVAILABLE: web.RequestKey[bool] = web.RequestKey("graphql_unavailable", bool)
+WEBSOCKET: web.RequestKey[web.WebSocketResponse] = web.RequestKey(
+    "graphql_websocket", web.WebSocketResponse
+)
 
 
 def _bearer(header: str | None) -> str | None:
@@ -326,6 +329,19 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
         request[CONNECTION] = slot
         try:
             return await super().__call__(request)
+        except Exception as error:  # classified and logged by public_failure
+            # Past connection_init (which closes by itself): still a close frame, never a
+            # dropped socket, and aiohttp's text/plain 500 for a handshake that failed.
+            failure = public_failure(error, "websocket")
+            websocket: web.WebSocketResponse | None = request.get(WEBSOCKET)
+            if websocket is None or not websocket.prepared:
+                return failure_response(failure)
+            unavailable = isinstance(failure, ServiceUnavailable)
+            await websocket.close(
+                code=WSCloseCode.TRY_AGAIN_LATER if unavailable else WSCloseCode.INTERNAL_ERROR,
+                message=b"Try again later" if unavailable else b"Internal error",
+            )
+            return websocket
         finally:
             self.connections.release(slot)
 
@@ -334,6 +350,7 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
     ) -> web.WebSocketResponse:
         websocket = await super().create_websocket_response(request, subprotocol)
         request.app[WEBSOCKETS].add(websocket)
+        request[WEBSOCKET] = websocket
         return websocket
 
     def parse_json(self, data: str | bytes) -> object:

@@ -19,6 +19,7 @@ import redis.exceptions
 from sqlalchemy import exc as sa_exc
 
 from kindrobots.security.errors import is_unavailable
+from kindrobots.server import KindRobotsGraphQLView
 from tests.chat_helpers import ORIGIN, deploy
 from tests.conftest import Account, Client, RunningServer, sign_up
 from tests.test_errors import assert_logged_without
@@ -207,3 +208,23 @@ async def test_an_operation_on_an_open_socket_gets_service_unavailable(
         frame = await ws.receive_json(timeout=10)
         errors = frame["payload"] if frame["type"] == "error" else frame["payload"]["errors"]
         assert [error["extensions"]["code"] for error in errors] == ["SERVICE_UNAVAILABLE"]
+
+
+@pytest.mark.parametrize(
+    ("error", "code"), [(POOL_TIMEOUT, 1013), (RuntimeError("boom"), 1011)], ids=["pool", "bug"]
+)
+async def test_a_socket_that_fails_after_the_handshake_still_gets_a_close_frame(
+    http: aiohttp.ClientSession,
+    server: RunningServer,
+    monkeypatch: pytest.MonkeyPatch,
+    error: Exception,
+    code: int,
+) -> None:
+    async def broken_context(*_args: object, **_kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(KindRobotsGraphQLView, "get_context", broken_context)
+    async with http.ws_connect(server.ws_url, protocols=["graphql-transport-ws"]) as ws:
+        message = await ws.receive(timeout=10)
+        assert message.type == aiohttp.WSMsgType.CLOSE, message
+        assert ws.close_code == code

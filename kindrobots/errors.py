@@ -75,3 +75,5 @@ class ServiceUnavailable(PublicError):
 
     code = "SERVICE_UNAVAILABLE"
     default_message = "The service is unavailable right now; try again shortly."
+    # Seconds a client should wait: over HTTP the Retry-After header of the 503.
+    retry_after: ClassVar[int] = 5

@@ -31,12 +31,14 @@ from kindrobots.broker.redis import RedisBroker
 from kindrobots.config import Settings
 from kindrobots.context import Cookie, RequestContext, Services
 from kindrobots.db.engine import create_engine, create_sessionmaker
+from kindrobots.errors import PublicError, ServiceUnavailable
 from kindrobots.schema import build_schema
 from kindrobots.schema.callers import identify
 from kindrobots.security.client_ip import client_ip
 from kindrobots.security.connections import ConnectionLimits, Slot
 from kindrobots.security.cors import CorsPolicy, project_origins, setup_cors
 from kindrobots.security.crypto import KeyRing
+from kindrobots.security.errors import public_failure
 from kindrobots.security.jwks import JwksCache
 from kindrobots.security.operation_limits import MAX_DOCUMENT_CHARS
 from kindrobots.security.ratelimit import MemoryLimiter, RedisLimiter
@@ -77,6 +79,10 @@ SUBSCRIPTION_OVER_HTTP = (
     "graphql-transport-ws protocol."
 )
 RETRY_AFTER: web.RequestKey[int] = web.RequestKey("graphql_retry_after", int)
+UNAVAILABLE: web.RequestKey[bool] = web.RequestKey("graphql_unavailable", bool)
+WEBSOCKET: web.RequestKey[web.WebSocketResponse] = web.RequestKey(
+    "graphql_websocket", web.WebSocketResponse
+)
 
 
 def _bearer(header: str | None) -> str | None:
@@ -118,6 +124,17 @@ def request_error(
         {"errors": [{"message": message, "extensions": {"code": code or _error_code(status)}}]},
         status=status,
         headers=headers,
+    )
+
+
+def failure_response(error: PublicError) -> web.Response:
+    """A request that failed before (or outside) any operation, in the error shape:
+    503 with Retry-After when a backing service is down, else 500 with an errorId."""
+    unavailable = isinstance(error, ServiceUnavailable)
+    return web.json_response(
+        {"errors": [{"message": error.message, "extensions": error.extensions}]},
+        status=503 if unavailable else 500,
+        headers={"Retry-After": str(ServiceUnavailable.retry_after)} if unavailable else None,
     )
 
 
@@ -244,6 +261,23 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
         return origin in self.services.settings.dashboard_origins or origin == public
 
     async def on_ws_connect(self, context: RequestContext) -> dict[str, object] | None:
+        """``connection_init``; a failure closes the socket with a code, never drops it:
+        1013 (try again later) when a backing service is down, else 1011."""
+        try:
+            return await self._ws_connect(context)
+        except ConnectionRejectionError:
+            raise
+        except Exception as error:  # classified and logged by public_failure
+            failure = public_failure(error, "connection_init")
+            unavailable = isinstance(failure, ServiceUnavailable)
+            if context.close_connection is not None:
+                await context.close_connection(
+                    code=WSCloseCode.TRY_AGAIN_LATER if unavailable else WSCloseCode.INTERNAL_ERROR,
+                    message=b"Try again later" if unavailable else b"Internal error",
+                )
+            raise ConnectionRejectionError() from None
+
+    async def _ws_connect(self, context: RequestContext) -> dict[str, object] | None:
         params = context.connection_params or {}
         if "projectKey" in params:
             token = params.get("token")
@@ -310,6 +344,19 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
         request[CONNECTION] = slot
         try:
             return await super().__call__(request)
+        except Exception as error:  # classified and logged by public_failure
+            # Past connection_init (which closes by itself): still a close frame, never a
+            # dropped socket, and aiohttp's text/plain 500 for a handshake that failed.
+            failure = public_failure(error, "websocket")
+            websocket: web.WebSocketResponse | None = request.get(WEBSOCKET)
+            if websocket is None or not websocket.prepared:
+                return failure_response(failure)
+            unavailable = isinstance(failure, ServiceUnavailable)
+            await websocket.close(
+                code=WSCloseCode.TRY_AGAIN_LATER if unavailable else WSCloseCode.INTERNAL_ERROR,
+                message=b"Try again later" if unavailable else b"Internal error",
+            )
+            return websocket
         finally:
             self.connections.release(slot)
 
@@ -318,6 +365,7 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
     ) -> web.WebSocketResponse:
         websocket = await super().create_websocket_response(request, subprotocol)
         request.app[WEBSOCKETS].add(websocket)
+        request[WEBSOCKET] = websocket
         return websocket
 
     def parse_json(self, data: str | bytes) -> object:
@@ -403,6 +451,8 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
             extensions = error.extensions or {}
             if extensions.get("code") == "RATE_LIMITED":
                 request[RETRY_AFTER] = int(extensions.get("retryAfter") or 1)
+            elif extensions.get("code") == "SERVICE_UNAVAILABLE":
+                request[UNAVAILABLE] = True
         processed = await super().process_result(request, result)
         if never_executed and GRAPHQL_RESPONSE_JSON in request.headers.get("Accept", ""):
             # GraphQL over HTTP: a document that fails to parse or validate has no `data`.
@@ -427,6 +477,12 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
             if request.get(MUTATION_OVER_GET):
                 return request_error(405, error.reason, headers={"Allow": "POST"})
             return request_error(error.status_code, error.reason)
+        except web.HTTPException:
+            raise  # aiohttp's own refusals: graphql_request_errors answers them
+        except Exception as error:  # classified and logged by public_failure
+            # Raised outside any operation (building the context, authenticating a widget):
+            # Strawberry would let it through as aiohttp's text/plain 500.
+            return failure_response(public_failure(error, f"{request.method} {request.path}"))
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         if self.is_websocket_request(request):
@@ -447,6 +503,10 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
         if isinstance(response, web.Response) and retry_after is not None:
             response.set_status(429)
             response.headers["Retry-After"] = str(retry_after)
+        if isinstance(response, web.Response) and request.get(UNAVAILABLE):
+            # API.md, Errors: SERVICE_UNAVAILABLE over HTTP is 503 with Retry-After.
+            response.set_status(503)
+            response.headers["Retry-After"] = str(ServiceUnavailable.retry_after)
         return response
 
 

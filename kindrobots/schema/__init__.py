@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from typing import Any, cast
 
@@ -54,12 +54,35 @@ install_rate_limits((Query, Mutation, Subscription))
 
 class OperationScope(SchemaExtension):
     """Each operation starts by knowing its caller, with fresh caches: a WebSocket runs
-    many operations on one context, and none may act on a session that has ended."""
+    many operations on one context, and none may act on a session that has ended.
+
+    If the caller cannot be looked up (the database is down), the operation does not run:
+    the failure becomes its only error, in place of validation, so ``PublicErrors`` masks it like
+    any other (``SERVICE_UNAVAILABLE`` or ``Unexpected error.``). Raised from
+    ``on_operation`` itself it would skip the masking and reach the client as it is.
+    """
+
+    def __init__(self) -> None:
+        self._failure: Exception | None = None
 
     async def on_operation(self) -> AsyncIterator[None]:
         context = self.execution_context.context
         if isinstance(context, RequestContext):
-            await begin_operation(context)
+            try:
+                await begin_operation(context)
+            except Exception as failure:  # reported by on_validate
+                context.caller = None
+                self._failure = failure
+        yield
+
+    def on_validate(self) -> Iterator[None]:
+        # Before validation: errors already there are the operation's result (Strawberry
+        # checks them inside this hook, and skips validating a document that has some).
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            self.execution_context.pre_execution_errors = [
+                GraphQLError("The caller could not be identified.", original_error=failure)
+            ]
         yield
 
 

@@ -159,6 +159,10 @@ class Settings(BaseSettings):
     ws_max_per_ip: int = Field(default=100, ge=1)
     ws_max_per_project: int = Field(default=5000, ge=1)
     ws_max_subscriptions: int = Field(default=20, ge=1)
+    # Live feeds (conversationEvents) open at once on one instance, per user and per
+    # organization, whatever the number of sockets they are spread over.
+    max_feeds_per_user: int = Field(default=20, ge=1)
+    max_feeds_per_organization: int = Field(default=200, ge=1)
     metrics_token: str | None = Field(default=None, repr=False)
     access_token_ttl: int = Field(default=600, ge=30, le=86400)
     refresh_token_ttl: int = Field(default=30 * 86400, ge=300)

@@ -20,7 +20,7 @@ from kindrobots.auth.widgets import WidgetRejected
 from kindrobots.billing.stripe_client import StripeGateway
 from kindrobots.broker import Broker
 from kindrobots.config import Settings
-from kindrobots.security.connections import Slot
+from kindrobots.security.connections import ConnectionLimits, Slot
 from kindrobots.security.crypto import KeyRing
 from kindrobots.security.jwks import JwksCache
 from kindrobots.security.ratelimit import Limiter
@@ -42,6 +42,8 @@ class Services:
     writer: async_sessionmaker[AsyncSession]
     signer: TokenSigner
     keyring: KeyRing
+    # Live feeds (conversationEvents) open on this instance, per user and organization.
+    feeds: ConnectionLimits
     broker: Broker
     limiter: Limiter
     jwks: JwksCache

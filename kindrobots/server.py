@@ -190,7 +190,9 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
             max_subscriptions_per_connection=settings.ws_max_subscriptions,
         )
         self.services = services
-        self.connections = ConnectionLimits(settings.ws_max_per_ip, settings.ws_max_per_project)
+        self.connections = ConnectionLimits(
+            ip=settings.ws_max_per_ip, project=settings.ws_max_per_project
+        )
 
     async def get_context(
         self, request: web.Request, response: web.Response | web.WebSocketResponse
@@ -597,6 +599,9 @@ def create_services(settings: Settings) -> Services:
             ttl=timedelta(seconds=settings.access_token_ttl),
         ),
         keyring=KeyRing(settings.encryption_keys),
+        feeds=ConnectionLimits(
+            user=settings.max_feeds_per_user, organization=settings.max_feeds_per_organization
+        ),
         broker=(
             RedisBroker(redis, reconnect_deadline=settings.broker_reconnect_deadline)
             if redis is not None

@@ -12,8 +12,9 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,7 +24,7 @@ from kindrobots.broker import Message
 from kindrobots.ids import from_global_id
 from kindrobots.resolvers.chat import channel
 from tests.chat_helpers import deploy, widget_chat
-from tests.conftest import Client, RunningServer, sign_up
+from tests.conftest import Client, RunningServer, make_settings, sign_up, start_server
 from tests.org_helpers import Team, build_team, missing_id
 
 CONVERSATION_EVENTS = """
@@ -299,3 +300,37 @@ async def test_a_viewer_receives_nothing_of_the_chats_that_follow(
         # A ping is answered after anything queued before it: no event may precede the pong.
         await ws.send_json({"type": "ping"})
         assert (await ws.receive_json(timeout=10))["type"] == "pong"
+
+
+async def test_live_feeds_are_capped_per_user_and_per_organization(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """One signed-up user must not hold a feed for everything (robustness issue, item 3):
+    over the cap a feed is refused with RATE_LIMITED, and closing one makes room."""
+    settings = make_settings(tmp_path, "sqlite", max_feeds_per_user=2, max_feeds_per_organization=3)
+    runner, server = await start_server(settings)
+    try:
+        client = Client(http, server.base_url)
+        team = await build_team(client, server)
+        shop = await deploy(client, team.owner)
+        publish = in_process(server)
+
+        def feed(token: str) -> Any:
+            return LiveFeed.connect(http, server.ws_url, token, shop.project_id, publish)
+
+        async with AsyncExitStack() as stack:
+            for _ in range(2):
+                _, refusal = await stack.enter_async_context(feed(team.owner.access_token))
+                assert refusal == []
+            async with feed(team.owner.access_token) as (_, refusal):
+                assert refusal == ["RATE_LIMITED"]
+            # The editor has feeds of their own to spare, but the organization has one left.
+            _, refusal = await stack.enter_async_context(feed(team.editor.access_token))
+            assert refusal == []
+            async with feed(team.editor.access_token) as (_, refusal):
+                assert refusal == ["RATE_LIMITED"]
+        # All closed: the owner may watch again.
+        async with feed(team.owner.access_token) as (_, refusal):
+            assert refusal == []
+    finally:
+        await runner.cleanup()

@@ -228,3 +228,25 @@ async def test_a_socket_that_fails_after_the_handshake_still_gets_a_close_frame(
         message = await ws.receive(timeout=10)
         assert message.type == aiohttp.WSMsgType.CLOSE, message
         assert ws.close_code == code
+
+
+def test_an_outage_is_logged_once_and_every_refusal_counted(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Item 4 of the robustness issue: no log flood while the database is away."""
+    from prometheus_client import REGISTRY
+
+    from kindrobots.security import errors as masking
+
+    monkeypatch.setattr(masking, "_outages", masking._OutageLog())
+    name = "kindrobots_service_unavailable_total"
+    before = REGISTRY.get_sample_value(name) or 0.0
+    with caplog.at_level(logging.WARNING, logger="kindrobots.errors"):
+        answers = [
+            masking.public_failure(ConnectionRefusedError(111, "Connection refused"), "test")
+            for _ in range(50)
+        ]
+    assert {answer.extensions["code"] for answer in answers} == {"SERVICE_UNAVAILABLE"}
+    lines = [r for r in caplog.records if "service unavailable" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    assert (REGISTRY.get_sample_value(name) or 0.0) == before + 50

@@ -36,6 +36,7 @@ from kindrobots.schema.permissions import (
     widgets,
 )
 from kindrobots.schema.projects import ProjectType
+from kindrobots.security.connections import Slot
 
 
 @strawberry.type
@@ -169,6 +170,10 @@ def _conversation_id(raw: strawberry.ID | None) -> uuid.UUID | None:
     return from_global_id(raw, "Conversation") if raw else None
 
 
+# Seconds a caller over its live-feed cap is told to wait: feeds end when sockets close.
+FEED_RETRY_AFTER = 30
+
+
 @dataclass(frozen=True)
 class Started:
     conversation_id: uuid.UUID
@@ -275,18 +280,29 @@ class ChatSubscription:
     ) -> AsyncGenerator[ConversationEvent, None]:
         grant = granted(info)
         channel = chat.channel(from_global_id(project_id, "Project"))
-        async with info.context.services.broker.subscribe(channel) as messages:
-            async for event in messages:
-                # Session and role are read again for every event: a removed member or a
-                # signed-out session stops receiving customers' conversations at once.
-                await identify(info.context)
-                require_role(user_caller(info), grant.organization_id, grant.required)
-                yield ConversationEvent(
-                    conversation_id=strawberry.ID(
-                        to_global_id("Conversation", uuid.UUID(event["conversationId"]))
-                    ),
-                    message=MessageType.from_event(event["message"]),
-                )
+        services = info.context.services
+        slot = Slot()
+        if not (
+            services.feeds.claim(slot, "user", grant.actor.user.id)
+            and services.feeds.claim(slot, "organization", grant.organization_id)
+        ):
+            services.feeds.release(slot)
+            raise RateLimited(FEED_RETRY_AFTER, "Too many live feeds are open; close one first.")
+        try:
+            async with services.broker.subscribe(channel) as messages:
+                async for event in messages:
+                    # Session and role are read again for every event: a removed member or a
+                    # signed-out session stops receiving customers' conversations at once.
+                    await identify(info.context)
+                    require_role(user_caller(info), grant.organization_id, grant.required)
+                    yield ConversationEvent(
+                        conversation_id=strawberry.ID(
+                            to_global_id("Conversation", uuid.UUID(event["conversationId"]))
+                        ),
+                        message=MessageType.from_event(event["message"]),
+                    )
+        finally:
+            services.feeds.release(slot)
 
 
 @strawberry.type

@@ -1,9 +1,10 @@
-"""Open WebSocket connections counted per IP and per project, on this instance.
+"""Open WebSocket connections, and the live feeds on them, counted on this instance.
 
 Idle widget connections are cheap but not free; a single address or a single
-project's key must not be able to hold the whole instance. The counts are per
-process on purpose: a connection lives on exactly one instance, and the load
-balancer spreads them.
+project's key must not be able to hold the whole instance, and one user or one
+organization must not hold a feed for every conversation it can open. The counts
+are per process on purpose: a connection lives on exactly one instance, and the
+load balancer spreads them.
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ class Slot:
 
 
 class ConnectionLimits:
-    def __init__(self, per_ip: int, per_project: int) -> None:
+    """At most ``limits[kind]`` open claims per ``kind:value`` (``ip``, ``project``,
+    ``user``, ``organization``)."""
+
+    def __init__(self, **limits: int) -> None:
         self._open: Counter[str] = Counter()
-        self._limits = {"ip": per_ip, "project": per_project}
+        self._limits = limits
 
     def claim(self, slot: Slot, kind: str, value: object) -> bool:
         """Count this connection under ``kind:value``; False (and no count) when full.

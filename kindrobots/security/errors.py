@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import redis.exceptions
 from graphql import GraphQLError
+from prometheus_client import Counter
 from sqlalchemy import exc as sa_exc
 from strawberry.extensions import SchemaExtension
 
@@ -121,6 +123,40 @@ def _summary(error: BaseException) -> str:
     return names
 
 
+UNAVAILABLE = Counter(
+    "kindrobots_service_unavailable_total",
+    "Requests and operations answered SERVICE_UNAVAILABLE because a backing service was down.",
+)
+# During an outage every request fails alike: one line per this many seconds says so,
+# with how many were answered since the last one; the counter has every one.
+UNAVAILABLE_LOG_INTERVAL = 30.0
+
+
+class _OutageLog:
+    def __init__(self) -> None:
+        self._last = -UNAVAILABLE_LOG_INTERVAL
+        self._since = 0
+
+    def failed(self, where: str, error: BaseException) -> None:
+        UNAVAILABLE.inc()
+        self._since += 1
+        now = time.monotonic()
+        if now - self._last < UNAVAILABLE_LOG_INTERVAL:
+            return
+        logger.warning(
+            "service unavailable at %s: %s (%d answered SERVICE_UNAVAILABLE since the last "
+            "line; next line in %.0f s at the earliest)",
+            where,
+            _summary(error),
+            self._since,
+            UNAVAILABLE_LOG_INTERVAL,
+        )
+        self._last, self._since = now, 0
+
+
+_outages = _OutageLog()
+
+
 def public_failure(error: BaseException, where: str) -> PublicError:
     """The public form of an exception that is not a :class:`PublicError`, logged once:
     ``SERVICE_UNAVAILABLE`` when a backing service is down, else ``Unexpected error.``
@@ -128,7 +164,7 @@ def public_failure(error: BaseException, where: str) -> PublicError:
     if isinstance(error, PublicError):
         return error
     if is_unavailable(error):
-        logger.warning("service unavailable at %s: %s", where, _summary(error))
+        _outages.failed(where, error)
         return ServiceUnavailable()
     error_id = uuid.uuid4().hex
     logger.error(

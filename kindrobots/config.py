@@ -164,6 +164,19 @@ class Settings(BaseSettings):
     max_feeds_per_user: int = Field(default=20, ge=1)
     max_feeds_per_organization: int = Field(default=200, ge=1)
     metrics_token: str | None = Field(default=None, repr=False)
+    # Sign-in lockout (resolvers/lockout.py): per account, failures within
+    # ``lockout_window`` seconds; from ``lockout_slowdown_after`` on, each further attempt
+    # waits (RATE_LIMITED with retryAfter, doubling up to a minute); at
+    # ``lockout_threshold`` the account is locked for ``lockout_seconds``. Per IP (known
+    # and unknown emails alike), ``lockout_ip_threshold`` failures in the window refuse
+    # that address until the window ends.
+    lockout_threshold: int = Field(default=20, ge=1)
+    lockout_seconds: int = Field(default=900, ge=1)
+    lockout_window: int = Field(default=900, ge=1)
+    lockout_slowdown_after: int = Field(default=5, ge=1)
+    lockout_ip_threshold: int = Field(default=100, ge=1)
+    # Security events (signin.failed, account.locked, ...) older than this are purged.
+    security_event_retention_days: int = Field(default=90, ge=1)
     access_token_ttl: int = Field(default=600, ge=30, le=86400)
     refresh_token_ttl: int = Field(default=30 * 86400, ge=300)
     invitation_ttl: int = Field(default=7 * 86400, ge=300)

@@ -413,3 +413,38 @@ class StripeEvent(Base):
         ForeignKey("organizations.id", ondelete="SET NULL")
     )
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SecurityEvent(Base):
+    """A security-relevant event (sign-in failures, lockouts, refresh-token reuse), kept
+    for ``KR_SECURITY_EVENT_RETENTION_DAYS``; ``details`` never holds a secret."""
+
+    __tablename__ = "security_events"
+    __table_args__ = (
+        Index("ix_security_events_user_id_occurred_at", "user_id", "occurred_at"),
+        Index("ix_security_events_occurred_at", "occurred_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    event: Mapped[str] = mapped_column(String(64))
+    organization_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("organizations.id", ondelete="SET NULL")
+    )
+    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    ip: Mapped[str | None] = mapped_column(String(45))
+    details: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+
+class SignInThrottle(Base):
+    """Sign-in failures of one account (``user:<id>``) or one address (``ip:<address>``)
+    in the current window, and the account's lock. Unknown emails count per address only,
+    so guessed emails create no rows."""
+
+    __tablename__ = "sign_in_throttles"
+
+    key: Mapped[str] = mapped_column(String(80), primary_key=True)
+    window_started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)

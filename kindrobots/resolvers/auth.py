@@ -19,7 +19,7 @@ from kindrobots.auth.principals import UserActor
 from kindrobots.auth.tokens import TokenSigner, hash_token, new_opaque_token
 from kindrobots.db.models import AuthSession, RefreshToken, User
 from kindrobots.errors import Conflict, Unauthenticated
-from kindrobots.resolvers import validation
+from kindrobots.resolvers import lockout, security_events, validation
 from kindrobots.resolvers.organizations import insert_organization
 from kindrobots.security.redaction import register_secret
 
@@ -126,6 +126,7 @@ async def sign_in(
 ) -> SignedIn:
     """A new session for a user whose password :func:`check_password` accepted."""
     user = await session.merge(user, load=False)
+    await lockout.reset(session, user)
     if upgraded_hash:
         user.password_hash = upgraded_hash
     auth_session = await _new_session(session, now, issuer, client, user)
@@ -157,11 +158,15 @@ def _issue(
 
 
 async def refresh_session(
-    session: AsyncSession, now: datetime, issuer: Issuer, token: str | None
+    session: AsyncSession,
+    now: datetime,
+    issuer: Issuer,
+    token: str | None,
+    ip: str | None = None,
 ) -> SignedIn | None:
     """Rotate a refresh token. ``None`` means refused after ending the token's whole
-    family (a spent token came back): the caller commits that, then answers
-    UNAUTHENTICATED and clears the cookies."""
+    family (a spent token came back) and recording ``refresh_token.reused``: the caller
+    commits that, then answers UNAUTHENTICATED and clears the cookies."""
     if not token:
         raise Unauthenticated(INVALID_REFRESH)
     register_secret(token)
@@ -187,6 +192,15 @@ async def refresh_session(
     if spent.rowcount == 1:  # type: ignore[attr-defined]
         return _issue(session, now, issuer, user, auth_session.id)
     await _revoke(session, AuthSession.id == auth_session.id, now, "refresh_reuse")
+    await security_events.record(
+        session,
+        None,
+        now,
+        security_events.REFRESH_TOKEN_REUSED,
+        user_id=user.id,
+        ip=ip,
+        details={"sessionId": str(auth_session.id)},
+    )
     return None
 
 

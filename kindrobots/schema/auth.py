@@ -6,15 +6,36 @@ from datetime import datetime, timedelta
 
 import strawberry
 from sqlalchemy.exc import IntegrityError
+from strawberry.scalars import JSON
 
 from kindrobots.auth.principals import UserActor
-from kindrobots.errors import Conflict, Unauthenticated
-from kindrobots.resolvers import auth, organizations
+from kindrobots.db.models import SecurityEvent as SecurityEventRow
+from kindrobots.errors import BadUserInput, Conflict, RateLimited, Unauthenticated
+from kindrobots.resolvers import auth, lockout, organizations, security_events
 from kindrobots.schema.base import Info
 from kindrobots.schema.directives import RateLimit, RateLimitKey
 from kindrobots.schema.organizations import MembershipType
 from kindrobots.schema.permissions import authenticated, signed_in
 from kindrobots.schema.users import UserType
+
+
+@strawberry.type(name="SecurityEvent")
+class SecurityEventType:
+    """A security event about the signed-in user's own account."""
+
+    event: str = strawberry.field(
+        description="Stable name: signin.failed, signin.locked, account.locked, "
+        "refresh_token.reused."
+    )
+    occurred_at: datetime
+    ip: str | None
+    details: JSON
+
+    @classmethod
+    def from_row(cls, row: SecurityEventRow) -> SecurityEventType:
+        return cls(
+            event=row.event, occurred_at=row.occurred_at, ip=row.ip, details=JSON(row.details)
+        )
 
 
 @strawberry.type
@@ -27,6 +48,14 @@ class Viewer:
         async with info.context.services.read() as session:
             rows = await organizations.list_memberships(session, self.actor)
         return [MembershipType.from_row(row) for row in rows]
+
+    @strawberry.field(description="Your own account's security events, newest first.")
+    async def security_events(self, info: Info, first: int = 20) -> list[SecurityEventType]:
+        if not 1 <= first <= 100:
+            raise BadUserInput("first", "first must be between 1 and 100.")
+        async with info.context.services.read() as session:
+            rows = await security_events.list_own_events(session, self.actor, first)
+        return [SecurityEventType.from_row(row) for row in rows]
 
 
 @strawberry.type
@@ -105,9 +134,24 @@ class AuthMutation:
     @strawberry.mutation(directives=[RateLimit(limit=10, window=60, per=RateLimitKey.IP)])
     async def sign_in(self, info: Info, input: SignInInput) -> AuthPayload:
         services = info.context.services
+        settings = services.settings
+        now, ip = info.now(), info.context.ip
         async with services.read() as session:
             user = await auth.find_user(session, input.email)
-        upgraded = await auth.check_password(user, input.password)
+            gate = await lockout.check(session, now, settings, user, ip)
+        if gate.retry_after is not None:
+            raise RateLimited(gate.retry_after)
+        try:
+            # A locked account still costs one hash, and its right password gets the
+            # wrong one's answer.
+            upgraded = await auth.check_password(user, input.password)
+            if gate.locked:
+                raise Unauthenticated(auth.INVALID_CREDENTIALS)
+        except Unauthenticated:
+            # The refusal is counted and recorded in a unit of work of its own.
+            async with services.write() as session:
+                await lockout.record_failure(session, now, settings, user, ip, locked=gate.locked)
+            raise
         assert user is not None
         async with services.write() as session:
             result = await auth.sign_in(
@@ -122,7 +166,9 @@ class AuthMutation:
     async def refresh_session(self, info: Info, refresh_token: str | None = None) -> AuthPayload:
         token = refresh_token or info.context.refresh_cookie
         async with info.context.services.write() as session:
-            result = await auth.refresh_session(session, info.now(), _issuer(info), token)
+            result = await auth.refresh_session(
+                session, info.now(), _issuer(info), token, info.context.ip
+            )
         if result is None:
             info.context.clear_session_cookies()
             raise Unauthenticated(auth.INVALID_REFRESH)

@@ -219,6 +219,20 @@ def _billing_sync(settings: Settings, reference: str | None) -> int:
     return asyncio.run(_with_services(settings, job))
 
 
+def _security_purge(settings: Settings) -> int:
+    from kindrobots.resolvers import lockout, security_events
+
+    async def job(services: Services) -> int:
+        now = datetime.now(UTC)
+        async with services.write() as session:
+            events = await security_events.purge_security_events(session, now, settings)
+            throttles = await lockout.purge_sign_in_throttles(session, now, settings)
+        sys.stdout.write(f"purged {events} security events, {throttles} sign-in counters\n")
+        return 0
+
+    return asyncio.run(_with_services(settings, job))
+
+
 def _schema() -> None:
     from kindrobots.schema import build_schema
 
@@ -260,6 +274,13 @@ def parser() -> argparse.ArgumentParser:
         "sync", help="re-read subscriptions from Stripe and repair local state"
     )
     sync.add_argument("--org", dest="organization", help="only this organization")
+    security = commands.add_parser("security", help="security events")
+    security_commands = security.add_subparsers(dest="security_command", required=True)
+    security_commands.add_parser(
+        "purge",
+        help="delete security events older than KR_SECURITY_EVENT_RETENTION_DAYS and "
+        "expired sign-in counters (KR_LOCKOUT_WINDOW); safe to run from cron on every instance",
+    )
     return root
 
 
@@ -289,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         return _org_set_tier(settings, args.organization, args.tier)
     elif args.command == "billing":
         return _billing_sync(settings, args.organization)
+    elif args.command == "security":
+        return _security_purge(settings)
     else:
         _serve(settings)
     return 0

@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,24 @@ def test_serve_embedded_default(tmp_path: Path, stop: signal.Signals) -> None:
     for line in keys.read_text().splitlines():
         for item in line.split("=", 1)[1].split(","):
             assert item.split(":", 1)[-1] not in output_text
+
+
+def test_security_purge_deletes_old_events_only(tmp_path: Path) -> None:
+    database = tmp_path / "kr.db"
+    env = clean_env(
+        KR_DATABASE_URL=f"sqlite+aiosqlite:///{database}", KR_DATA_DIR=str(tmp_path / "data")
+    )
+    assert kindrobots("migrate", cwd=tmp_path, env=env).returncode == 0
+    with sqlite3.connect(database) as connection:
+        for name, age in (("test.old", "-91 days"), ("test.kept", "-1 days")):
+            connection.execute(
+                "INSERT INTO security_events (id, occurred_at, event, details)"
+                " VALUES (?, datetime('now', ?), ?, '{}')",
+                (uuid.uuid4().hex, age, name),
+            )
+    result = kindrobots("security", "purge", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "purged 1 security events, 0 sign-in counters\n"
+    with sqlite3.connect(database) as connection:
+        left = [row[0] for row in connection.execute("SELECT event FROM security_events")]
+    assert left == ["test.kept"]

@@ -6,6 +6,7 @@ passed in, or by moving the stored timestamps back, never by sleeping.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -309,3 +310,16 @@ async def test_retention_purges_old_events_only(locking_server: RunningServer) -
     async with locking_server.services.read() as session:
         assert await session.get(SecurityEvent, old_id) is None
         assert await session.get(SecurityEvent, kept_id) is not None
+
+
+async def test_each_event_is_a_structured_log_line(
+    locking_server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="kindrobots.security"):
+        async with locking_server.services.write() as session:
+            await security_events.record(
+                session, None, datetime.now(UTC), "signin.failed", ip="192.0.2.1"
+            )
+    (line,) = [record for record in caplog.records if record.name == "kindrobots.security"]
+    assert line.__dict__["event"] == "signin.failed"
+    assert line.__dict__["ip"] == "192.0.2.1"

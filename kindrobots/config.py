@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import binascii
 import fcntl
+import hashlib
 import ipaddress
+import json
 import os
 import secrets
 from dataclasses import dataclass
@@ -201,6 +203,11 @@ class Settings(BaseSettings):
     introspection: Literal["on", "authenticated", "off"] | None = None
     graphql_batching: bool = False
     graphql_max_batch: int = Field(default=10, ge=1, le=100)
+    # Parsed and validated documents kept per process (kindrobots.security.documents).
+    document_cache_size: int = Field(default=1000, ge=1, le=1_000_000)
+    # A JSON file of the only documents that run (a persisted-query manifest or a
+    # {sha256: document} map, or a list of documents); unset = any document.
+    trusted_documents: Path | None = None
     # Direct TLS (PEM files), both or neither; unset = plain HTTP, TLS at a proxy.
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -267,6 +274,13 @@ class Settings(BaseSettings):
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value or None
+
+    @field_validator("trusted_documents")
+    @classmethod
+    def _trusted_documents(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            load_trusted_documents(value)  # a bad file is a start-up error, here
+        return value
 
     @field_validator("tls_cert", "tls_key", mode="before")
     @classmethod
@@ -376,6 +390,57 @@ def _redis_encrypted_or_local(url: str) -> bool:
     except ValueError:
         return False
     return _is_loopback(host)
+
+
+def _trusted_entry(item: object) -> tuple[str | None, str]:
+    """(the hash it is listed under, or None, and the document) of one listed item."""
+    if isinstance(item, str):
+        return None, item
+    if isinstance(item, dict) and isinstance(item.get("body"), str):
+        listed = item.get("id")
+        return (listed if isinstance(listed, str) else None), item["body"]
+    raise ValueError("every listed document must be a string or an object with a `body`")
+
+
+def load_trusted_documents(path: Path) -> dict[str, str]:
+    """The documents of a trusted-documents file, by the SHA-256 (hex) of their text.
+
+    Accepted: Apollo's persisted-query manifest (``{"format":
+    "apollo-persisted-query-manifest", "version": 1, "operations": [{"id", "body", …}]}``),
+    a ``{sha256: document}`` map, or a list of documents. A listed hash must be the
+    document's own SHA-256: clients send that hash, and the server checks it.
+    """
+    try:
+        raw: object = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ValueError(f"cannot read the file ({error.strerror or error})") from None
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("the file is not valid JSON") from None
+    items: list[tuple[str | None, str]]
+    if isinstance(raw, dict) and raw.get("format") == "apollo-persisted-query-manifest":
+        operations = raw.get("operations")
+        if raw.get("version") != 1 or not isinstance(operations, list):
+            raise ValueError("a persisted-query manifest needs version 1 and a list of operations")
+        items = [_trusted_entry(item) for item in operations]
+    elif isinstance(raw, dict):
+        items = []
+        for listed, body in raw.items():
+            if not isinstance(body, str):
+                raise ValueError("in a {sha256: document} map every document must be a string")
+            items.append((listed, body))
+    elif isinstance(raw, list):
+        items = [_trusted_entry(item) for item in raw]
+    else:
+        raise ValueError("expected a persisted-query manifest, a {sha256: document} map or a list")
+    documents: dict[str, str] = {}
+    for listed, body in items:
+        digest = hashlib.sha256(body.encode("utf-8")).hexdigest()
+        if listed is not None and listed.lower() != digest:
+            raise ValueError(f"the hash {listed[:16]}… is not the SHA-256 of its document")
+        documents[digest] = body
+    if not documents:
+        raise ValueError("the file lists no documents")
+    return documents
 
 
 def _env_name(loc: tuple[int | str, ...]) -> str:

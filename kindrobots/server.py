@@ -13,11 +13,13 @@ from aiohttp import WSCloseCode, web, web_response
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
+from graphql import GraphQLError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from strawberry.aiohttp.views import GraphQLView
 from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
+from strawberry.http.base import BaseRequestProtocol
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
@@ -38,6 +40,12 @@ from kindrobots.security.client_ip import client_ip
 from kindrobots.security.connections import ConnectionLimits, Slot
 from kindrobots.security.cors import CorsPolicy, project_origins, setup_cors
 from kindrobots.security.crypto import KeyRing
+from kindrobots.security.documents import (
+    PERSISTED_QUERY_NOT_FOUND,
+    PERSISTED_QUERY_NOT_FOUND_MESSAGE,
+    DocumentRefused,
+    PersistedQueryNotFound,
+)
 from kindrobots.security.errors import public_failure
 from kindrobots.security.jwks import JwksCache
 from kindrobots.security.operation_limits import MAX_DOCUMENT_CHARS
@@ -74,6 +82,8 @@ CONNECTION: web.RequestKey[Slot] = web.RequestKey("connection_slot", Slot)
 DOCUMENT_TOO_LARGE: web.RequestKey[bool] = web.RequestKey("document_too_large", bool)
 REQUEST_ERROR: web.RequestKey[bool] = web.RequestKey("graphql_request_error", bool)
 MUTATION_OVER_GET: web.RequestKey[bool] = web.RequestKey("graphql_mutation_over_get", bool)
+# Apollo's APQ miss: an error result, but status 200 as Apollo Server answers it.
+PERSISTED_MISS: web.RequestKey[bool] = web.RequestKey("graphql_persisted_miss", bool)
 SUBSCRIPTION_OVER_HTTP = (
     "Subscriptions are served over WebSocket only: connect to /graphql with the "
     "graphql-transport-ws protocol."
@@ -183,8 +193,10 @@ def _apply_cookies(response: web.StreamResponse, settings: Settings, cookies: li
 class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
     def __init__(self, services: Services) -> None:
         settings = services.settings
+        schema = build_schema(settings)
+        self.documents = schema.documents
         super().__init__(
-            schema=build_schema(settings),
+            schema=schema,
             graphql_ide=None if settings.is_production else "graphiql",
             connection_init_wait_timeout=timedelta(seconds=10),
             max_subscriptions_per_connection=settings.ws_max_subscriptions,
@@ -370,6 +382,13 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
         request[WEBSOCKET] = websocket
         return websocket
 
+    def should_render_graphql_ide(self, request: BaseRequestProtocol) -> bool:
+        """A GET with a persisted query's hash (and no document) is an operation, not a
+        browser asking for GraphiQL."""
+        if "extensions" in request.query_params:
+            return False
+        return super().should_render_graphql_ide(request)
+
     def parse_json(self, data: str | bytes) -> object:
         """A body that is JSON but neither an object nor a batch is the client's mistake."""
         try:
@@ -413,8 +432,23 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
         if not self.allow_queries_via_get and request_adapter.method == "GET":
             allowed = allowed - {OperationType.QUERY}
         try:
+            query = self.documents.resolve(request_data.query, request_data.extensions)
+        except DocumentRefused as refused:
+            raise HTTPException(400, refused.message) from None
+        except PersistedQueryNotFound:
+            request[PERSISTED_MISS] = True
+            return ExecutionResult(
+                data=None,
+                errors=[
+                    GraphQLError(
+                        PERSISTED_QUERY_NOT_FOUND_MESSAGE,
+                        extensions={"code": PERSISTED_QUERY_NOT_FOUND},
+                    )
+                ],
+            )
+        try:
             return await self.schema.execute(
-                request_data.query,
+                query,
                 root_value=root_value,
                 variable_values=request_data.variables,
                 context_value=context,
@@ -497,7 +531,7 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
         ):
             # GraphQL over HTTP: with the new media type, request errors are 4xx.
             response.content_type = GRAPHQL_RESPONSE_JSON
-            if request.get(REQUEST_ERROR):
+            if request.get(REQUEST_ERROR) and not request.get(PERSISTED_MISS):
                 response.set_status(400)
         if isinstance(response, web.Response) and request.get(DOCUMENT_TOO_LARGE):
             response.set_status(413)

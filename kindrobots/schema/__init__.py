@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from functools import partial
 from typing import Any, cast
 
@@ -10,13 +10,15 @@ import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.config import StrawberryConfig
-from strawberry.schema.schema import SubscriptionResult
+from strawberry.schema.schema import StreamResult, SubscriptionResult
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 from strawberry.types.base import StrawberryObjectDefinition
+from strawberry.types.execution import PreExecutionError
+from strawberry.types.graphql import OperationType
 
 from kindrobots.auth.principals import UserActor
-from kindrobots.config import Settings
+from kindrobots.config import Settings, load_trusted_documents
 from kindrobots.context import RequestContext
 from kindrobots.schema.agents import AgentMutation
 from kindrobots.schema.auth import AuthMutation, AuthQuery
@@ -31,6 +33,12 @@ from kindrobots.schema.node import NodeQuery
 from kindrobots.schema.organizations import OrganizationMutation, OrganizationQuery
 from kindrobots.schema.permissions import check_sources
 from kindrobots.schema.projects import ProjectMutation
+from kindrobots.security.documents import (
+    NOT_TRUSTED,
+    DocumentCache,
+    DocumentStore,
+    document_hash,
+)
 from kindrobots.security.errors import PublicErrors
 from kindrobots.security.operation_limits import OperationLimits, OperationLimitsExtension
 
@@ -87,10 +95,38 @@ class OperationScope(SchemaExtension):
 
 
 class Schema(strawberry.Schema):
+    # The process's documents (parsed, validated, persisted), shared by HTTP and WebSocket.
+    documents: DocumentStore
+
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
     ) -> None:
         """Unexpected errors are logged once, with their errorId, by ``PublicErrors``."""
+
+    async def stream(
+        self,
+        query: str | None,
+        variable_values: dict[str, Any] | None = None,
+        context_value: Any | None = None,
+        root_value: Any | None = None,
+        operation_name: str | None = None,
+        operation_extensions: dict[str, Any] | None = None,
+        allowed_operation_types: Iterable[OperationType] | None = None,
+    ) -> StreamResult:
+        """What WebSocket operations run through: in trusted-documents mode, only listed
+        documents (over HTTP the view checks them before ``execute``)."""
+        trusted = self.documents.trusted
+        if trusted is not None and query is not None and document_hash(query) not in trusted:
+            return _refused(NOT_TRUSTED)
+        return await super().stream(
+            query,
+            variable_values=variable_values,
+            context_value=context_value,
+            root_value=root_value,
+            operation_name=operation_name,
+            operation_extensions=operation_extensions,
+            allowed_operation_types=allowed_operation_types,
+        )
 
     async def subscribe(
         self,
@@ -116,6 +152,13 @@ class Schema(strawberry.Schema):
         )
 
 
+async def _refused(message: str) -> StreamResult:
+    """A stream whose only result is a request error (the document never runs)."""
+    yield PreExecutionError(
+        data=None, errors=[GraphQLError(message, extensions={"code": "BAD_REQUEST"})]
+    )
+
+
 async def _signed_in(context: Any) -> bool:
     """Whether the caller is a signed-in user (introspection ``authenticated``)."""
     return isinstance(context, RequestContext) and isinstance(context.caller, UserActor)
@@ -127,6 +170,12 @@ def build_schema(settings: Settings | None = None) -> Schema:
     settings = settings or Settings.model_construct()
     production = settings.is_production
     limits = OperationLimits.from_settings(settings)
+    cache = DocumentCache(settings.document_cache_size)
+    trusted = (
+        load_trusted_documents(settings.trusted_documents)
+        if settings.trusted_documents is not None
+        else None
+    )
     schema = Schema(
         query=Query,
         mutation=Mutation,
@@ -135,7 +184,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
         extensions=[
             OperationScope,
             partial(PublicErrors, hide_suggestions=production),
-            partial(OperationLimitsExtension, limits=limits, signed_in=_signed_in),
+            partial(OperationLimitsExtension, limits=limits, signed_in=_signed_in, cache=cache),
         ],
         config=StrawberryConfig(
             info_class=Info,
@@ -147,6 +196,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
             ),
         ),
     )
+    schema.documents = DocumentStore(cache, trusted, max_chars=limits.max_chars)
     check_sources(
         [
             concrete.definition

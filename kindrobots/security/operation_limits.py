@@ -70,6 +70,12 @@ from strawberry.extensions import MaxTokensLimiter
 
 from kindrobots.db.bounds import MAX_MANIFESTS_PER_AGENT, MAX_OPERATIONS_PER_MANIFEST
 from kindrobots.db.pagination import MAX_PAGE
+from kindrobots.security.documents import (
+    MAX_OUTCOMES,
+    CachedDocument,
+    DocumentCache,
+    document_hash,
+)
 
 if TYPE_CHECKING:
     from graphql import ASTValidationRule
@@ -372,10 +378,18 @@ class OperationLimitsExtension(MaxTokensLimiter):
     ``introspection="authenticated"``; it is asked only of documents that introspect.
     """
 
-    def __init__(self, *, limits: OperationLimits, signed_in: SignedIn = _nobody) -> None:
+    def __init__(
+        self,
+        *,
+        limits: OperationLimits,
+        signed_in: SignedIn = _nobody,
+        cache: DocumentCache | None = None,
+    ) -> None:
         super().__init__(max_token_count=limits.max_tokens)
         self.limits = limits
         self.signed_in = signed_in
+        self.cache = cache
+        self._entry: CachedDocument | None = None
 
     def on_operation(self) -> Iterator[None]:
         # Strawberry's ParseOptions names only max_tokens; graphql-core takes more.
@@ -383,18 +397,58 @@ class OperationLimitsExtension(MaxTokensLimiter):
         options["max_source_length"] = self.limits.max_chars
         yield from super().on_operation()
 
+    def on_parse(self) -> Iterator[None]:
+        """A document already in the cache is not parsed again (see
+        :mod:`kindrobots.security.documents`); one parsed here is kept."""
+        context = self.execution_context
+        query = context.query
+        if self.cache is None or not query or len(query) > self.limits.max_chars:
+            yield
+            return
+        digest = document_hash(query)
+        entry = self.cache.get(digest)
+        if entry is not None and entry.document is not None:
+            context.graphql_document = entry.document
+            self._entry = entry
+            yield
+            return
+        yield
+        if context.graphql_document is not None and not context.pre_execution_errors:
+            self.cache.parses += 1
+            entry = self.cache.remember(digest, query)
+            entry.parsed(context.graphql_document)
+            self._entry = entry
+
     async def on_validate(self) -> Any:
         context = self.execution_context
         variables = context.variables if isinstance(context.variables, dict) else {}
+        refuse_introspection = await self._refuse_introspection()
+        entry = self._entry
+        key: tuple[object, ...] | None = None
+        if entry is not None and context.pre_execution_errors is None:
+            key = entry.outcome_key(variables, refuse_introspection)
+            cached = entry.outcomes.get(key)
+            if cached is not None:
+                # Validated before, limits and all: the same outcome, the same error objects
+                # (PublicErrors masks copies). An empty list tells Strawberry not to validate.
+                context.pre_execution_errors = list(cached)
+                yield
+                return
         rules: list[type[ASTValidationRule]] = [
             MaxIntrospectionDepthRule,
             limits_rule(self.limits, variables),
         ]
-        if await self._refuse_introspection():
+        if refuse_introspection:
             rules.append(NoSchemaIntrospectionCustomRule)
         specified = tuple(_DIRECTIVE_RULES.get(rule, rule) for rule in context.validation_rules)
         context.validation_rules = (*specified, *rules)
         yield
+        outcome = context.pre_execution_errors
+        if entry is not None and key is not None and outcome is not None:
+            assert self.cache is not None
+            self.cache.validations += 1
+            if len(entry.outcomes) < MAX_OUTCOMES:
+                entry.outcomes[key] = tuple(outcome)
 
     async def _refuse_introspection(self) -> bool:
         mode = self.limits.introspection
@@ -403,6 +457,15 @@ class OperationLimitsExtension(MaxTokensLimiter):
         if mode == "off":
             return True
         document = self.execution_context.graphql_document
-        if document is None or not requests_introspection(document):
+        if document is None:
+            return False
+        entry = self._entry
+        if entry is None:
+            introspects = requests_introspection(document)
+        else:
+            if entry.introspects is None:
+                entry.introspects = requests_introspection(document)
+            introspects = entry.introspects
+        if not introspects:
             return False
         return not await self.signed_in(self.execution_context.context)

@@ -20,6 +20,7 @@ from kindrobots.db.models import (
     Manifest,
     Membership,
     Message,
+    Organization,
     Project,
 )
 from kindrobots.db.pagination import Page, paginate
@@ -103,6 +104,15 @@ async def delete_owned(
     )
     if result.rowcount == 0:  # type: ignore[attr-defined]
         raise NotFound()
+
+
+async def locked_organization(session: AsyncSession, organization_id: uuid.UUID) -> Organization:
+    """The organization, locked with its audit head until the transaction ends; NOT_FOUND
+    when it is gone."""
+    organization = await locks.lock_organization(session, organization_id)
+    if organization is None:
+        raise NotFound()
+    return organization
 
 
 Locked = TypeVar("Locked", Agent, Project)

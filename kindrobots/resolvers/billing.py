@@ -34,10 +34,10 @@ from kindrobots.billing.stripe_client import (
     WebhookEvent,
 )
 from kindrobots.config import Settings
-from kindrobots.db.locks import lock_organization
 from kindrobots.db.models import BillingAccount, Membership, Message, Organization, StripeEvent
 from kindrobots.errors import BadUserInput, Forbidden, NotFound
 from kindrobots.resolvers import audit
+from kindrobots.resolvers.access import locked_organization
 
 logger = logging.getLogger("kindrobots.billing")
 
@@ -95,13 +95,6 @@ async def get_account(session: AsyncSession, organization_id: uuid.UUID) -> Bill
     return await session.get(BillingAccount, organization_id)
 
 
-async def _locked(session: AsyncSession, organization_id: uuid.UUID) -> Organization:
-    organization = await lock_organization(session, organization_id)
-    if organization is None:
-        raise NotFound()
-    return organization
-
-
 async def attach_customer(
     session: AsyncSession,
     actor: Actor,
@@ -110,7 +103,7 @@ async def attach_customer(
     customer_id: str,
 ) -> str:
     """Store the organization's Stripe customer, unless it already has one (returned)."""
-    await _locked(session, organization_id)
+    await locked_organization(session, organization_id)
     account = await get_account(session, organization_id)
     if account is not None and account.stripe_customer_id:
         return account.stripe_customer_id
@@ -144,7 +137,7 @@ async def apply_subscription(
 ) -> bool:
     """Make local state Stripe's: the subscription ``state`` (None: the customer has
     none) and the tier it grants. True when anything changed (then audited)."""
-    organization = await _locked(session, organization_id)
+    organization = await locked_organization(session, organization_id)
     account = await get_account(session, organization_id)
     if account is None:
         account = BillingAccount(organization_id=organization_id, updated_at=now)
@@ -226,7 +219,7 @@ async def set_tier(
 ) -> bool:
     """Grant a tier by hand (billing off, or an operator's override until the next
     Stripe event). Audited; True when it changed anything."""
-    organization = await _locked(session, organization_id)
+    organization = await locked_organization(session, organization_id)
     previous = organization.tier
     if previous == tier.value and organization.tier_grace_until is None:
         return False

@@ -15,12 +15,12 @@ from kindrobots.auth.tokens import hash_token, new_opaque_token
 from kindrobots.billing.plans import Tier, effective_tier, plan_for
 from kindrobots.config import Settings
 from kindrobots.db.enums import Role
-from kindrobots.db.locks import lock_organization, lock_user
+from kindrobots.db.locks import lock_user
 from kindrobots.db.models import Invitation, Membership, Organization, User
 from kindrobots.db.pagination import Page
 from kindrobots.errors import Conflict, Forbidden, NotFound, PaymentRequired
 from kindrobots.resolvers import audit, validation
-from kindrobots.resolvers.access import member_organizations, organization_page
+from kindrobots.resolvers.access import locked_organization, member_organizations, organization_page
 from kindrobots.security.redaction import register_secret
 
 INVALID_INVITATION = "This invitation is not valid."
@@ -132,13 +132,6 @@ async def list_memberships(session: AsyncSession, actor: UserActor) -> list[Memb
     return list(rows.all())
 
 
-async def _lock_organization(session: AsyncSession, organization_id: uuid.UUID) -> Organization:
-    organization = await lock_organization(session, organization_id)
-    if organization is None:
-        raise NotFound()
-    return organization
-
-
 async def _check_seats(
     session: AsyncSession,
     settings: Settings,
@@ -188,7 +181,7 @@ async def invite_member(
         raise Forbidden("Only owners can invite owners.")
     email = validation.email(email)
     token = new_opaque_token()
-    organization = await _lock_organization(session, organization_id)
+    organization = await locked_organization(session, organization_id)
     existing = await session.scalar(
         select(Membership.id)
         .join(User, User.id == Membership.user_id)
@@ -242,7 +235,7 @@ async def accept_invitation(
     # Bound to the invited address, so a leaked link is no key for someone else.
     if invitation is None or invitation.email != actor.user.email:
         raise NotFound(INVALID_INVITATION)
-    organization = await _lock_organization(session, invitation.organization_id)
+    organization = await locked_organization(session, invitation.organization_id)
     # Claim it under the lock: a concurrent acceptance may have spent it meanwhile.
     claimed = await session.execute(
         update(Invitation)
@@ -307,7 +300,7 @@ async def update_member_role(
 ) -> Membership:
     """Change a member's role; the caller is an ADMIN, and only owners manage owners."""
     actor_role = actor.roles.get(organization_id)
-    await _lock_organization(session, organization_id)
+    await locked_organization(session, organization_id)
     membership = await _target_membership(session, organization_id, user_id)
     previous = Role(membership.role)
     if Role.OWNER in (previous, role) and actor_role is not Role.OWNER:
@@ -337,7 +330,7 @@ async def remove_member(
 ) -> bool:
     """Remove a member; the caller is an ADMIN, and only owners remove owners."""
     actor_role = actor.roles.get(organization_id)
-    await _lock_organization(session, organization_id)
+    await locked_organization(session, organization_id)
     membership = await _target_membership(session, organization_id, user_id)
     if membership.role == Role.OWNER.value:
         if actor_role is not Role.OWNER:

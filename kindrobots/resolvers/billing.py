@@ -95,6 +95,21 @@ async def get_account(session: AsyncSession, organization_id: uuid.UUID) -> Bill
     return await session.get(BillingAccount, organization_id)
 
 
+def _observable(organization: Organization, account: BillingAccount) -> tuple[object, ...]:
+    """What a billing change can change that anyone sees: equal before and after, the
+    event changed nothing (and writes no audit event)."""
+    return (
+        organization.tier,
+        organization.tier_grace_until,
+        account.stripe_subscription_id,
+        account.status,
+        account.price_id,
+        account.current_period_end,
+        account.cancel_at_period_end,
+        account.trial_end,
+    )
+
+
 async def attach_customer(
     session: AsyncSession,
     actor: Actor,
@@ -142,16 +157,7 @@ async def apply_subscription(
     if account is None:
         account = BillingAccount(organization_id=organization_id, updated_at=now)
         session.add(account)
-    before = (
-        organization.tier,
-        organization.tier_grace_until,
-        account.stripe_subscription_id,
-        account.status,
-        account.price_id,
-        account.current_period_end,
-        account.cancel_at_period_end,
-        account.trial_end,
-    )
+    before = _observable(organization, account)
     tier = tier_for_price(settings, state.price_id) if state else None
     if state is not None and tier is None:
         logger.warning("billing: subscription %s has a price of no known tier", state.id)
@@ -177,16 +183,7 @@ async def apply_subscription(
     account.past_due_since = past_due_since
     organization.tier = granted.value
     organization.tier_grace_until = grace_until
-    after = (
-        organization.tier,
-        organization.tier_grace_until,
-        account.stripe_subscription_id,
-        account.status,
-        account.price_id,
-        account.current_period_end,
-        account.cancel_at_period_end,
-        account.trial_end,
-    )
+    after = _observable(organization, account)
     if before == after:
         return False
     account.updated_at = now

@@ -90,6 +90,7 @@ async def rotate_keys(services: Services, batch_size: int) -> RotationReport:
     """Re-seal every secret under the first key: one unit of work per batch, so an
     interrupted run keeps what it committed and the next run continues from there."""
     from kindrobots.auth.principals import CLI
+    from kindrobots.resolvers import security_events
     from kindrobots.resolvers.credentials import count_under_active_key, rotate_batch
 
     keyring = services.keyring
@@ -103,6 +104,18 @@ async def rotate_keys(services: Services, batch_size: int) -> RotationReport:
         failed.update(batch.failed)
         if batch.done:
             report.failed = len(failed)
+            async with services.write() as session:
+                await security_events.record(
+                    session,
+                    CLI,
+                    datetime.now(UTC),
+                    security_events.KEYS_ROTATED,
+                    details={
+                        "activeKey": keyring.active_key_id,
+                        "rotated": report.rotated,
+                        "failed": report.failed,
+                    },
+                )
             return report
 
 

@@ -211,6 +211,24 @@ class Settings(BaseSettings):
     # Direct TLS (PEM files), both or neither; unset = plain HTTP, TLS at a proxy.
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # /metrics only on a listener of its own at 127.0.0.1:<port>, not on the main port.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # Alerts (security/alerts.py): JSON POSTed here through the outbound guard; unset =
+    # the ERROR log line only. May carry a token, so it is never printed.
+    alert_webhook_url: str | None = Field(default=None, repr=False)
+    # Seconds of the sliding window (and of the once-per-window latch) of every alert but
+    # sign-in failures, which count per minute.
+    alert_window: int = Field(default=300, ge=6, le=86400)
+    alert_signin_failures: int = Field(default=50, ge=1)  # platform-wide, per minute
+    alert_refresh_token_reuse: int = Field(default=1, ge=1)
+    alert_webhook_signature_failures: int = Field(default=5, ge=1)
+    # Upstream LLM failures: at this share of the window's requests, once there are enough.
+    alert_upstream_error_rate: float = Field(default=0.5, gt=0, le=1)
+    alert_upstream_min_requests: int = Field(default=10, ge=1)
+    # Refusal events (security/events.py): one row per kind and source per this many
+    # seconds, and at most this many rows of one kind per window; the rest only counted.
+    security_event_throttle_seconds: int = Field(default=60, ge=1)
+    security_event_throttle_rows: int = Field(default=100, ge=1)
 
     @field_validator("encryption_keys", "signing_keys", mode="before")
     @classmethod
@@ -275,6 +293,13 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value or None
 
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _alert_webhook_url(cls, value: str | None) -> str | None:
+        if value and not (value.startswith(("http://", "https://")) and urlsplit(value).hostname):
+            raise ValueError("must be an absolute http(s) URL")
+        return value or None
+
     @field_validator("trusted_documents")
     @classmethod
     def _trusted_documents(cls, value: Path | None) -> Path | None:
@@ -328,6 +353,8 @@ class Settings(BaseSettings):
             problems.append(
                 "KR_DATABASE_SSL must be require, verify-ca or verify-full in production"
             )
+        if not self.metrics_token and self.metrics_port is None:
+            problems.append("KR_METRICS_TOKEN or KR_METRICS_PORT must be set in production")
         if self.redis_url and not _redis_encrypted_or_local(self.redis_url):
             problems.append(
                 "KR_REDIS_URL must use rediss:// (TLS) in production unless Redis is on loopback"

@@ -6,6 +6,7 @@ take a session, an actor and the time instead.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -20,8 +21,11 @@ from kindrobots.auth.widgets import WidgetRejected
 from kindrobots.billing.stripe_client import StripeGateway
 from kindrobots.broker import Broker
 from kindrobots.config import Settings
+from kindrobots.metrics import Metrics
+from kindrobots.security.alerts import Alerts
 from kindrobots.security.connections import ConnectionLimits, Slot
 from kindrobots.security.crypto import KeyRing
+from kindrobots.security.events import Refusals
 from kindrobots.security.jwks import JwksCache
 from kindrobots.security.ratelimit import Limiter
 
@@ -50,6 +54,23 @@ class Services:
     redis: Redis | None = None
     # The Stripe client; None while billing is off (no KR_STRIPE_* settings).
     stripe: StripeGateway | None = None
+    # This app's metrics (served at /metrics), alert engine and throttled refusal events.
+    metrics: Metrics = field(default_factory=Metrics)
+    alerts: Alerts | None = None
+    refusals: Refusals | None = None
+
+    def refused(
+        self,
+        event: str,
+        *,
+        source: str,
+        ip: str | None,
+        details: dict[str, Any],
+        user_id: uuid.UUID | None = None,
+    ) -> None:
+        """A refusal worth a security event, throttled (``security.events.Refusals``)."""
+        if self.refusals is not None:
+            self.refusals.refused(event, source=source, ip=ip, details=details, user_id=user_id)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import logging
+import uuid
 import weakref
-from datetime import timedelta
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import WSCloseCode, web, web_response
@@ -14,7 +16,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from graphql import GraphQLError
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sqlalchemy import text
 from strawberry.aiohttp.views import GraphQLView
 from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
@@ -26,7 +28,7 @@ from strawberry.types.graphql import OperationType
 
 from kindrobots.auth.principals import UserActor, WidgetActor
 from kindrobots.auth.tokens import TokenSigner
-from kindrobots.auth.widgets import WidgetRejected, authenticate_widget
+from kindrobots.auth.widgets import UNAUTHORIZED, WidgetRejected, authenticate_widget
 from kindrobots.billing.stripe_client import StripeGateway
 from kindrobots.broker.memory import MemoryBroker
 from kindrobots.broker.redis import RedisBroker
@@ -34,8 +36,13 @@ from kindrobots.config import Settings
 from kindrobots.context import Cookie, RequestContext, Services
 from kindrobots.db.engine import create_engine, create_sessionmaker
 from kindrobots.errors import PublicError, ServiceUnavailable
+from kindrobots.metrics import Metrics
+from kindrobots.metrics import reset as reset_metrics
+from kindrobots.metrics import use as use_metrics
+from kindrobots.resolvers import security_events
 from kindrobots.schema import build_schema
 from kindrobots.schema.callers import identify
+from kindrobots.security.alerts import Alerts
 from kindrobots.security.client_ip import client_ip
 from kindrobots.security.connections import ConnectionLimits, Slot
 from kindrobots.security.cors import CorsPolicy, project_origins, setup_cors
@@ -47,6 +54,11 @@ from kindrobots.security.documents import (
     PersistedQueryNotFound,
 )
 from kindrobots.security.errors import public_failure
+from kindrobots.security.events import (
+    WIDGET_ORIGIN_REFUSED,
+    WIDGET_TOKEN_REFUSED,
+    Refusals,
+)
 from kindrobots.security.jwks import JwksCache
 from kindrobots.security.operation_limits import MAX_DOCUMENT_CHARS
 from kindrobots.security.ratelimit import MemoryLimiter, RedisLimiter
@@ -74,6 +86,9 @@ SIMPLE_CONTENT_TYPES = frozenset(
     ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
 )
 SESSION_COOKIES = ("kr_access", "kr_refresh")
+HTTP_METHODS = frozenset(("GET", "POST", "OPTIONS", "HEAD", "PUT", "PATCH", "DELETE"))
+# Set on the KR_METRICS_PORT listener's app: reaching it is the access control.
+METRICS_LISTENER: web.AppKey[bool] = web.AppKey("metrics_listener", bool)
 GRAPHQL_PATH = "/graphql"
 # The code of request errors (bad JSON, no query, wrong method, body too large, batching
 # off): API.md's list has no code for a request that never became an operation.
@@ -259,9 +274,31 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
             # The reason names the failed check, never the key or token themselves.
             logger.info("widget refused from %s: %s", context.ip, rejected.reason)
             context.widget_refusal = rejected
+            self._record_refusal(context, rejected)
             return None
         context.caller = dataclasses.replace(actor, ip=context.ip)
         return context.caller
+
+    def _record_refusal(self, context: RequestContext, rejected: WidgetRejected) -> None:
+        """Origin and end-user token refusals are security events (throttled per address);
+        neither the origin nor the token the caller sent goes into them."""
+        transport = "websocket" if context.close_connection is not None else "http"
+        if rejected.close_code == UNAUTHORIZED:
+            # "end-user token refused: <reason>": the reason is PyJWT's, not the caller's.
+            check = rejected.reason.partition(": ")[2] or rejected.reason
+            self.services.refused(
+                WIDGET_TOKEN_REFUSED,
+                source=f"{context.ip}",
+                ip=context.ip,
+                details={"check": check[:80], "transport": transport},
+            )
+        elif rejected.reason.startswith("origin not allowed"):
+            self.services.refused(
+                WIDGET_ORIGIN_REFUSED,
+                source=f"{context.ip}",
+                ip=context.ip,
+                details={"transport": transport},
+            )
 
     def is_websocket_origin_allowed(self, request: web.Request, origin: str) -> bool:
         """Decided at connection_init: widgets by their project, the dashboard by its origins."""
@@ -321,6 +358,7 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
             # The origin was checked against the project, not the dashboard: a session cookie
             # the browser sent along must not turn a customer's page into the dashboard.
             context.access_token = context.auth_source = None
+            self._opened(slot, "widget")
             return None
         if not self._dashboard_origin(context):
             logger.info("dashboard connection refused from origin %r", context.origin)
@@ -343,7 +381,13 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
             await identify(context)
             if not isinstance(context.caller, UserActor):
                 raise ConnectionRejectionError()
+        self._opened(context.connection_slot, "dashboard")
         return None
+
+    def _opened(self, slot: Slot | None, kind: str) -> None:
+        if slot is not None and slot.kind is None:
+            slot.kind = kind
+            self.services.metrics.websockets.labels(kind).inc()
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         """Count the connection against its address for as long as it stays open."""
@@ -373,6 +417,8 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
             return websocket
         finally:
             self.connections.release(slot)
+            if slot.kind is not None:
+                self.services.metrics.websockets.labels(slot.kind).dec()
 
     async def create_websocket_response(
         self, request: web.Request, subprotocol: str | None
@@ -588,24 +634,110 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus metrics: with KR_METRICS_TOKEN for that bearer token, else loopback only."""
-    settings = request.app[SERVICES].settings
+    """Prometheus metrics of this app and the process.
+
+    With ``KR_METRICS_TOKEN`` only ``Authorization: Bearer <token>`` reads them (401
+    otherwise). Without it: on the ``KR_METRICS_PORT`` listener (bound to 127.0.0.1) anyone
+    who reaches it, and on the main port loopback callers outside production only -- behind
+    a proxy on the same host every caller looks local, so production needs one of the two.
+    """
+    services = request.app[SERVICES]
+    settings = services.settings
     if settings.metrics_token:
-        allowed = hmac.compare_digest(
-            request.headers.get("Authorization", ""), f"Bearer {settings.metrics_token}"
-        )
-    else:
-        # Behind a proxy on the same host every caller looks local: production needs the token.
-        allowed = not settings.is_production and request.remote in ("127.0.0.1", "::1")
-    if not allowed:
+        expected = f"Bearer {settings.metrics_token}".encode()
+        given = request.headers.get("Authorization", "").encode("utf-8", "replace")
+        if not hmac.compare_digest(given, expected):
+            return web.json_response(
+                {"error": "metrics need Authorization: Bearer <KR_METRICS_TOKEN>"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+            )
+    elif not request.app.get(METRICS_LISTENER, False) and (
+        settings.is_production or request.remote not in ("127.0.0.1", "::1")
+    ):
         raise web.HTTPNotFound()
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    body = generate_latest(services.metrics.registry) + generate_latest(REGISTRY)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@web.middleware
+async def observe_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Counts every request by route, and makes this app's metrics current for the code
+    below the server (providers, the SSRF guard) and the tasks the request starts."""
+    services = request.app[SERVICES]
+    token = use_metrics(services.metrics)
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as error:
+        status = error.status
+        raise
+    finally:
+        reset_metrics(token)
+        resource = request.match_info.route.resource
+        services.metrics.http_requests.labels(
+            resource.canonical if resource is not None else "unmatched",
+            request.method if request.method in HTTP_METHODS else "other",
+            f"{status // 100}xx",
+        ).inc()
+
+
+async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
+    """KR_METRICS_PORT: /metrics on 127.0.0.1:<port> only, started and stopped with the app."""
+    port = app[SERVICES].settings.metrics_port
+    assert port is not None
+    side = web.Application()
+    side[SERVICES] = app[SERVICES]
+    side[METRICS_LISTENER] = True
+    side.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(side, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield
+    finally:
+        await runner.cleanup()
 
 
 async def jwks(request: web.Request) -> web.Response:
     return web.json_response(
         request.app[SERVICES].signer.jwks(), headers={"Cache-Control": "public, max-age=300"}
     )
+
+
+def _monitoring(services: Services) -> None:
+    """Metrics, alerts and refusal events of ``services``, wired to each other: write
+    sessions hand their committed security events to the alert engine."""
+    settings, metrics = services.settings, services.metrics
+    alerts = Alerts(settings, metrics, services.redis)
+    services.alerts = alerts
+    info = dict(services.writer.kw.get("info") or {})
+    services.writer.configure(info={**info, security_events.ALERTS_KEY: alerts})
+    metrics.watch_pool(lambda: services.engine.pool)
+    metrics.on_upstream = alerts.upstream
+
+    async def store(
+        event: str, ip: str | None, user_id: uuid.UUID | None, details: dict[str, Any]
+    ) -> None:
+        async with services.write() as session:
+            await security_events.record(
+                session, None, datetime.now(UTC), event, user_id=user_id, ip=ip, details=details
+            )
+
+    services.refusals = Refusals(
+        store,
+        alerts.observe,
+        window=settings.security_event_throttle_seconds,
+        rows_per_window=settings.security_event_throttle_rows,
+    )
+
+    def ssrf_refused(event: str, details: dict[str, Any]) -> None:
+        source = ":".join(str(details.get(name)) for name in ("category", "field"))
+        services.refused(event, source=source, ip=None, details=details)
+
+    metrics.on_refusal = ssrf_refused
 
 
 def create_services(settings: Settings) -> Services:
@@ -622,7 +754,7 @@ def create_services(settings: Settings) -> Services:
             socket_connect_timeout=2,
         )
         redis = Redis.from_pool(pool)
-    return Services(
+    services = Services(
         settings=settings,
         engine=engine,
         sessionmaker=create_sessionmaker(engine),
@@ -649,7 +781,10 @@ def create_services(settings: Settings) -> Services:
         jwks=JwksCache(settings.outbound_allow, https_only=settings.is_production),
         redis=redis,
         stripe=StripeGateway(settings) if settings.billing_enabled else None,
+        metrics=Metrics(),
     )
+    _monitoring(services)
+    return services
 
 
 async def _close_websockets(app: web.Application) -> None:
@@ -660,6 +795,11 @@ async def _close_websockets(app: web.Application) -> None:
 
 async def _close_services(app: web.Application) -> None:
     services = app[SERVICES]
+    if services.refusals is not None:
+        await services.refusals.drain()
+    if services.alerts is not None:
+        await services.alerts.drain()
+        await services.alerts.close()
     await services.broker.close()
     if services.stripe is not None:
         await services.stripe.close()
@@ -680,12 +820,16 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/.well-known/jwks.json", jwks)
-    app.router.add_get("/metrics", metrics)
+    if settings.metrics_port is None:
+        app.router.add_get("/metrics", metrics)
+    else:
+        app.cleanup_ctx.append(_metrics_listener)
     add_widget_routes(app, settings)
     add_webhook_routes(app, services)  # only while billing is configured: else 404
     # Both go in front of any other middleware: the HTTPS redirect first, then CORS.
     setup_cors(app, CorsPolicy(settings.dashboard_origins, project_origins(services.sessionmaker)))
     setup_transport(app, settings)
+    app.middlewares.append(observe_requests)
     app.middlewares.append(graphql_request_errors)  # innermost: CORS still sees the answer
     app.on_response_prepare.append(_response_headers)
     app.on_shutdown.append(_close_websockets)

@@ -17,6 +17,8 @@ from aiohttp import web
 from kindrobots.billing.stripe_client import BadSignature, verify_event
 from kindrobots.context import Services
 from kindrobots.resolvers import billing
+from kindrobots.security.client_ip import client_ip
+from kindrobots.security.events import WEBHOOK_SIGNATURE_FAILED
 
 logger = logging.getLogger("kindrobots.webhooks")
 
@@ -27,6 +29,7 @@ MAX_EVENT_BYTES = 512 * 1024
 
 def stripe_webhook(services: Services) -> Callable[[web.Request], Awaitable[web.Response]]:
     settings = services.settings
+    outcomes = services.metrics.webhooks
 
     async def handle(request: web.Request) -> web.Response:
         if request.content_length is not None and request.content_length > MAX_EVENT_BYTES:
@@ -36,6 +39,9 @@ def stripe_webhook(services: Services) -> Callable[[web.Request], Awaitable[web.
             event = verify_event(settings, payload, request.headers.get("Stripe-Signature"))
         except BadSignature:
             logger.warning("stripe webhook: signature did not verify")
+            outcomes.labels("bad_signature").inc()
+            ip = client_ip(request, settings.trusted_proxies)
+            services.refused(WEBHOOK_SIGNATURE_FAILED, source=str(ip), ip=ip, details={})
             return web.json_response({"error": "invalid signature"}, status=400)
         gateway = services.stripe
         assert gateway is not None  # the route exists only with billing configured
@@ -45,7 +51,9 @@ def stripe_webhook(services: Services) -> Callable[[web.Request], Awaitable[web.
             )
         except Exception:
             logger.exception("stripe webhook: %s %s failed", event.type, event.id)
+            outcomes.labels("failed").inc()
             return web.json_response({"error": "failed; retry"}, status=500)
+        outcomes.labels(outcome).inc()  # applied, unchanged, duplicate, ignored
         logger.info("stripe webhook: %s %s %s", event.type, event.id, outcome)
         return web.json_response({"received": True, "outcome": outcome})
 

@@ -12,6 +12,7 @@ import asyncio
 import json
 import math
 import re
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from kindrobots import metrics
 from kindrobots.security.ssrf import OutboundFailed, OutboundRefused, stream_request
 
 OPENAI_BASE = "https://api.openai.com/v1"
@@ -389,6 +391,30 @@ def _json_object(text: str) -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+class Measured:
+    """A provider whose every upstream request is timed and counted by provider name
+    (for the metrics and the upstream error-rate alert). Nothing is done per event: a
+    request a client abandoned is neither a success nor an upstream failure."""
+
+    def __init__(self, provider: Provider, name: str) -> None:
+        self._provider = provider
+        self.name = name
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
+        started = time.perf_counter()
+        events = self._provider.stream(request)
+        try:
+            async for event in events:
+                yield event
+        except Exception:
+            metrics.current().upstream(self.name, time.perf_counter() - started, ok=False)
+            raise
+        finally:
+            if isinstance(events, AsyncGenerator):
+                await events.aclose()
+        metrics.current().upstream(self.name, time.perf_counter() - started, ok=True)
 
 
 class DemoProvider:

@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import and_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kindrobots import metrics
 from kindrobots.auth.principals import UserActor, WidgetActor
 from kindrobots.auth.widgets import still_allowed
 from kindrobots.billing.plans import Tier, effective_tier
@@ -32,6 +33,7 @@ from kindrobots.chat.providers import (
     AnthropicProvider,
     ChatRequest,
     DemoProvider,
+    Measured,
     OpenAIProvider,
     Provider,
     ProviderError,
@@ -275,8 +277,11 @@ async def stream_reply(
         tools=[spec.tool for spec in specs.values()],
         temperature=agent.temperature,
     )
+    name = (target.credential.provider if target.credential else LlmProvider.DEMO.value).lower()
+    measure = metrics.current()
+    measure.chat_messages.labels(name).inc()
     events = runtime.converse(
-        _provider(settings, keyring, target.credential),
+        Measured(_provider(settings, keyring, target.credential), name),
         request,
         specs,
         settings.outbound_allow,
@@ -286,10 +291,13 @@ async def stream_reply(
         async for event in events:
             if isinstance(event, Usage):
                 reply.usage = event
+                measure.tokens.labels(name, "input").inc(event.input_tokens)
+                measure.tokens.labels(name, "output").inc(event.output_tokens)
                 continue
             if isinstance(event, TextDelta):
                 reply.texts.append(event.text)
             else:
+                measure.tool_calls.labels(_tool_outcome(event.result)).inc()
                 reply.runs.append(
                     {
                         "id": event.call.id,
@@ -302,6 +310,13 @@ async def stream_reply(
             yield event
     finally:
         await events.aclose()
+
+
+def _tool_outcome(result: Any) -> str:
+    """ok (2xx/3xx), http_error (the API answered 4xx/5xx) or failed (never answered)."""
+    if isinstance(result, dict) and isinstance(result.get("status"), int):
+        return "ok" if result["status"] < 400 else "http_error"
+    return "failed"
 
 
 async def store_reply(

@@ -17,7 +17,7 @@ from kindrobots.db.locks import lock_organization
 from kindrobots.db.models import Agent, Project
 from kindrobots.db.pagination import Page
 from kindrobots.errors import BadUserInput, NotFound
-from kindrobots.resolvers import audit, validation
+from kindrobots.resolvers import audit, security_events, validation
 from kindrobots.resolvers.access import delete_owned, lock_row, organization_page, scoped_get
 from kindrobots.security.origins import normalize_origins
 from kindrobots.security.ssrf import check_url
@@ -195,6 +195,14 @@ async def rotate_project_key(
         organization_id=project.organization_id,
         action="project.rotate_key",
         target=("Project", project.id),
+    )
+    await security_events.record(
+        session,
+        actor,
+        now,
+        security_events.PROJECT_KEY_ROTATED,
+        organization_id=project.organization_id,
+        details={"projectId": str(project.id)},
     )
     return project
 

@@ -2,30 +2,42 @@
 :func:`record` in the caller's transaction.
 
 ``event`` is a stable name an operator can alert on (``signin.failed``,
-``signin.locked``, ``account.locked``, ``refresh_token.reused``); ``details`` holds
-counts and times, never a password, token or the email a caller typed.
+``signin.locked``, ``account.locked``, ``refresh_token.reused``, ``keys.rotated``,
+``project_key.rotated``, the refusals of ``security.events``, and whatever other rules
+record, such as staff actions or ``budget.exhausted``); ``details`` holds counts and
+times, never a password, token or the email a caller typed.
+
+A session whose ``info`` carries :data:`ALERTS_KEY` (the server's write sessions) hands
+each event to the alert engine and the metrics once its transaction has committed, so
+rolled-back work raises no alert; every ``record`` caller gets this without code of its own.
 """
 
 from __future__ import annotations
 
-import logging
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, event, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from kindrobots.auth.principals import Actor, UserActor
 from kindrobots.config import Settings
 from kindrobots.db.models import SecurityEvent
+from kindrobots.security.alerts import Alerts
+from kindrobots.security.events import log_event
 
-logger = logging.getLogger("kindrobots.security")
+# session.info: the alert engine of write sessions, and the events awaiting their commit.
+ALERTS_KEY = "kindrobots.alerts"
+_PENDING_KEY = "kindrobots.security_events.pending"
 
 SIGNIN_FAILED = "signin.failed"
 SIGNIN_LOCKED = "signin.locked"
 ACCOUNT_LOCKED = "account.locked"
 REFRESH_TOKEN_REUSED = "refresh_token.reused"  # noqa: S105 (an event name)
+KEYS_ROTATED = "keys.rotated"
+PROJECT_KEY_ROTATED = "project_key.rotated"
 
 
 async def record(
@@ -53,18 +65,31 @@ async def record(
     )
     session.add(row)
     await session.flush()
-    logger.warning(
-        "security event %s",
-        event,
-        extra={
-            "event": event,
-            "user_id": str(user_id) if user_id else None,
-            "organization_id": str(organization_id) if organization_id else None,
-            "ip": ip,
-            "details": details or {},
-        },
-    )
+    log_event(event, user_id=user_id, organization_id=organization_id, ip=ip, details=details)
+    _after_commit(session, event, str(organization_id) if organization_id else None)
     return row
+
+
+def _after_commit(session: AsyncSession, name: str, organization_id: str | None) -> None:
+    alerts = session.info.get(ALERTS_KEY)
+    if not isinstance(alerts, Alerts):
+        return
+    pending: list[tuple[str, str | None]] | None = session.info.get(_PENDING_KEY)
+    if pending is None:
+        pending = session.info[_PENDING_KEY] = []
+        sync = session.sync_session
+
+        def committed(_session: Session) -> None:
+            events = session.info.pop(_PENDING_KEY, [])
+            for committed_event, organization in events:
+                alerts.observe(committed_event, organization)
+
+        def rolled_back(_session: Session) -> None:
+            session.info.pop(_PENDING_KEY, None)
+
+        event.listen(sync, "after_commit", committed, once=True)
+        event.listen(sync, "after_rollback", rolled_back, once=True)
+    pending.append((name, organization_id))
 
 
 async def list_own_events(

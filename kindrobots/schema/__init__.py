@@ -29,6 +29,7 @@ from kindrobots.schema.chat import ChatMutation, ChatSubscription
 from kindrobots.schema.credentials import CredentialMutation
 from kindrobots.schema.directives import install_rate_limits
 from kindrobots.schema.manifests import ManifestMutation
+from kindrobots.schema.monitoring import OperationMetrics
 from kindrobots.schema.node import NodeQuery
 from kindrobots.schema.organizations import OrganizationMutation, OrganizationQuery
 from kindrobots.schema.permissions import check_sources
@@ -182,6 +183,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
         subscription=Subscription,
         # Factories, not instances: extensions keep per-operation state.
         extensions=[
+            OperationMetrics,  # first: it counts the errors PublicErrors rewrote
             OperationScope,
             partial(PublicErrors, hide_suggestions=production),
             partial(OperationLimitsExtension, limits=limits, signed_in=_signed_in, cache=cache),

@@ -24,7 +24,7 @@ from kindrobots.billing.plans import plan_for
 from kindrobots.errors import RateLimited
 from kindrobots.schema.base import Info
 from kindrobots.schema.grants import RoleGrant, WidgetGrant
-from kindrobots.security.ratelimit import REFUSED, address_key
+from kindrobots.security.ratelimit import address_key
 
 PLAN_WINDOW = 60
 # Every ``fromPlan`` field draws on one count per key: the plan allows a project so many
@@ -99,7 +99,9 @@ class RateLimitExtension(FieldExtension):
         key = f"rl:{bucket}:{per.value}:{_key(info, per)}"
         decision = await info.context.services.limiter.hit(key, limit, window)
         if not decision.allowed:
-            REFUSED.labels(field=self.field_name).inc()
+            info.context.services.metrics.rate_limited.labels(
+                self.field_name, per.value.lower()
+            ).inc()
             raise RateLimited(
                 decision.retry_after, f"Too many requests; try again in {decision.retry_after} s."
             )

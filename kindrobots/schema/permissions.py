@@ -30,12 +30,13 @@ from strawberry.types.field import StrawberryField
 
 from kindrobots.auth.principals import UserActor, WidgetActor
 from kindrobots.db.enums import Role
-from kindrobots.errors import Unauthenticated
+from kindrobots.errors import Forbidden, Unauthenticated
 from kindrobots.ids import from_global_id
 from kindrobots.resolvers import chat
 from kindrobots.resolvers.access import OWNED_MODELS, organization_of, require_role
 from kindrobots.schema.base import Info
 from kindrobots.schema.grants import RoleGrant, WidgetGrant
+from kindrobots.security.events import PERMISSION_DENIED
 
 # Root fields anyone may call, signed in or not. Everything else needs a permission.
 PUBLIC_FIELDS = frozenset(
@@ -184,7 +185,25 @@ class HasRole(BasePermission):
         info = _info(info)
         actor = user_caller(info)
         organization_id = await self.source.organization(info, source, kwargs, actor)
-        role = require_role(actor, organization_id, self.role)
+        try:
+            role = require_role(actor, organization_id, self.role)
+        except Forbidden:
+            # A member below the role: worth a security event. Outsiders get NOT_FOUND and
+            # none (the same as an unknown ID). Names the field and roles, never an ID.
+            field = f"{info.path.typename}.{info.field_name}"
+            held = actor.roles.get(organization_id)
+            info.context.services.refused(
+                PERMISSION_DENIED,
+                source=f"{field}:{actor.user.id}",
+                ip=info.context.ip,
+                user_id=actor.user.id,
+                details={
+                    "field": field,
+                    "requiredRole": self.role.value,
+                    "role": held.value if held is not None else None,
+                },
+            )
+            raise
         info.grant = RoleGrant(actor, organization_id, role, self.role)
         return True
 

@@ -20,6 +20,8 @@ class Slot:
     """One connection's claims, released together when it closes."""
 
     keys: list[str] = field(default_factory=list)
+    # What the connection turned out to be at connection_init (widget, dashboard): metrics.
+    kind: str | None = None
 
 
 class ConnectionLimits:

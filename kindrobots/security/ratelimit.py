@@ -32,7 +32,6 @@ BACKEND_FAILURES = Counter(
     "Rate-limit checks that could not reach their backend, by the policy applied.",
     ["policy"],
 )
-REFUSED = Counter("kindrobots_rate_limited_total", "Calls refused by a rate limit.", ["field"])
 
 FailurePolicy = Literal["open", "closed"]
 

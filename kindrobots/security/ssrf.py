@@ -25,7 +25,9 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
+from kindrobots import metrics
 from kindrobots.errors import BadUserInput
+from kindrobots.security.events import SSRF_REFUSED
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -35,10 +37,20 @@ BLOCKED_NAMES = frozenset(
 BLOCKED_SUFFIXES = (".localhost", ".internal", ".local")
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
+UNREACHABLE = "This address is not reachable from Kind Robots."
 
 
 class OutboundRefused(BadUserInput):
-    """The target is not one we may reach; nothing was sent."""
+    """The target is not one we may reach; nothing was sent.
+
+    ``category`` says what kind of target it was (``scheme``, ``credentials``, ``no_host``,
+    ``plain_http``, ``blocked_name``, ``non_public_address``, ``invalid_url``): the
+    security event carries that, never the URL, which may hold a customer's secret.
+    """
+
+    def __init__(self, field: str, message: str, category: str = "invalid_url") -> None:
+        super().__init__(field, message)
+        self.category = category
 
 
 class OutboundFailed(BadUserInput):
@@ -87,12 +99,12 @@ def is_public(address: IPAddress) -> bool:
 
 def _host_port(url: URL, field: str = "url") -> tuple[str, int]:
     if url.scheme not in ("http", "https"):
-        raise OutboundRefused(field, "Only http and https URLs are allowed.")
+        raise OutboundRefused(field, "Only http and https URLs are allowed.", "scheme")
     if url.user is not None or url.password is not None:
-        raise OutboundRefused(field, "URLs must not contain credentials.")
+        raise OutboundRefused(field, "URLs must not contain credentials.", "credentials")
     host = (url.raw_host or "").rstrip(".").lower()
     if not host:
-        raise OutboundRefused(field, "The URL has no host.")
+        raise OutboundRefused(field, "The URL has no host.", "no_host")
     return host, url.port or (443 if url.scheme == "https" else 80)
 
 
@@ -118,17 +130,21 @@ async def check_target(
     ``https_only`` (production) refuses plain http to anything not explicitly allowed:
     customers' keys and their users' conversations travel over these connections.
     """
-    host, port = _host_port(url, field)
-    allowed = _allowed(host, port, allow)
-    if https_only and url.scheme != "https" and not allowed:
-        raise OutboundRefused(field, "Only https URLs are allowed.")
-    if not allowed and (host in BLOCKED_NAMES or host.endswith(BLOCKED_SUFFIXES)):
-        raise OutboundRefused(field, "This address is not reachable from Kind Robots.")
-    addresses = await resolve(host.strip("[]"), port, field)
-    if not addresses:
-        raise OutboundFailed(field, "The host name could not be resolved.")
-    if not allowed and not all(is_public(address) for address in addresses):
-        raise OutboundRefused(field, "This address is not reachable from Kind Robots.")
+    try:
+        host, port = _host_port(url, field)
+        allowed = _allowed(host, port, allow)
+        if https_only and url.scheme != "https" and not allowed:
+            raise OutboundRefused(field, "Only https URLs are allowed.", "plain_http")
+        if not allowed and (host in BLOCKED_NAMES or host.endswith(BLOCKED_SUFFIXES)):
+            raise OutboundRefused(field, UNREACHABLE, "blocked_name")
+        addresses = await resolve(host.strip("[]"), port, field)
+        if not addresses:
+            raise OutboundFailed(field, "The host name could not be resolved.")
+        if not allowed and not all(is_public(address) for address in addresses):
+            raise OutboundRefused(field, UNREACHABLE, "non_public_address")
+    except OutboundRefused as refused:
+        metrics.current().refused(SSRF_REFUSED, {"category": refused.category, "field": field})
+        raise
     return addresses
 
 

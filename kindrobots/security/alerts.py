@@ -248,7 +248,8 @@ class Alerts:
         }
         self._metrics.alerts.labels(name).inc()
         logger.error(
-            "alert %s: %s in %s s (threshold %s)",
+            # No colon after the name: "..._token_reuse: x" would read as a secret to redact.
+            "alert %s raised, %s in %s s (threshold %s)",
             name,
             count,
             window,
@@ -272,11 +273,13 @@ class Alerts:
                 https_only=self._settings.is_production,
             )
         except (OutboundRefused, OutboundFailed) as error:
-            logger.error("alert %s: webhook POST failed: %s", payload["alert"], error.message)
+            logger.error(
+                "alert %s not delivered, POST failed (%s)", payload["alert"], error.message
+            )
             return
         except Exception as error:
             logger.error(
-                "alert %s: webhook POST failed: %s", payload["alert"], type(error).__name__
+                "alert %s not delivered, POST failed (%s)", payload["alert"], type(error).__name__
             )
             return
         if response.status >= 300:

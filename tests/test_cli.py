@@ -61,6 +61,7 @@ def test_keys_generate_prints_loadable_fresh_keys(
     (tmp_path / ".env").write_text(runs[0].stdout)
     settings = load_settings(
         env="production",
+        metrics_port=9100,
         database_url="postgresql+asyncpg://kr@db.example.com/kr",
         public_url="https://kindrobots.example.com",
     )

@@ -112,6 +112,7 @@ def test_production_lists_every_missing_requirement(
         "KR_AUDIT_KEY",
         "KR_DATABASE_URL",
         "KR_PUBLIC_URL",
+        "KR_METRICS_TOKEN or KR_METRICS_PORT",
     ):
         assert name in message, message
     assert tmp_path.name not in message
@@ -140,6 +141,7 @@ def test_production_refuses_each_requirement_alone(
         "KR_SIGNING_KEYS": format_keys((generate_key("sig"),)),
         "KR_ENCRYPTION_KEYS": format_keys((generate_key("enc"),)),
         "KR_AUDIT_KEY": generate_audit_key(),
+        "KR_METRICS_TOKEN": "metrics-token-for-tests",
     }
     message = config_error(monkeypatch, **{**complete, **overrides})
     others = {
@@ -159,6 +161,7 @@ def test_complete_production_settings_load(monkeypatch: pytest.MonkeyPatch, tmp_
     monkeypatch.setenv("KR_ENV", "production")
     monkeypatch.setenv("KR_DATABASE_URL", "postgresql+asyncpg://kr:pw@db.example.com/kr")
     monkeypatch.setenv("KR_PUBLIC_URL", "https://kindrobots.example.com/")
+    monkeypatch.setenv("KR_METRICS_PORT", "9100")
     monkeypatch.setenv("KR_SIGNING_KEYS", format_keys((signing,)))
     monkeypatch.setenv("KR_ENCRYPTION_KEYS", format_keys((encryption,)))
     audit_key = secrets.token_bytes(KEY_BYTES + 16)

@@ -27,7 +27,12 @@ async def _select_one(settings: Settings) -> None:
 
 def _production(tmp_path: Path, **overrides: object) -> Settings:
     return make_settings(
-        tmp_path, "postgresql", env="production", public_url="https://api.example.com", **overrides
+        tmp_path,
+        "postgresql",
+        env="production",
+        public_url="https://api.example.com",
+        metrics_port=9100,
+        **overrides,
     )
 
 

@@ -280,6 +280,7 @@ def production_schema(tmp_path_factory: pytest.TempPathFactory) -> Schema:
         tmp_path_factory.mktemp("production"),
         "sqlite",
         env="production",
+        metrics_port=9100,
         public_url="https://kindrobots.example",
         database_url="postgresql+asyncpg://kr@db.example/kindrobots",
     )
@@ -334,6 +335,7 @@ def test_introspection_setting(tmp_path: Path) -> None:
         tmp_path,
         "sqlite",
         env="production",
+        metrics_port=9100,
         public_url="https://kindrobots.example",
         database_url="postgresql+asyncpg://kr@db.example/kindrobots",
         introspection="on",

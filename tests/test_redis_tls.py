@@ -18,6 +18,7 @@ SECRET = "s3cr3t-redis-pw"
 def production(redis_url: str) -> dict[str, object]:
     return {
         "env": "production",
+        "metrics_port": 9100,
         "database_url": "postgresql+asyncpg://kr:pw@db.example.com/kr",
         "public_url": "https://kindrobots.example.com",
         "signing_keys": format_keys((generate_key("sig"),)),

@@ -47,6 +47,7 @@ def production_settings(tmp_path: Path, **overrides: Any) -> Settings:
     """Production, as behind a proxy on this machine; no route used here needs the database."""
     values: dict[str, Any] = {
         "env": "production",
+        "metrics_token": "metrics-token-for-tests",
         "data_dir": tmp_path,
         "database_url": "postgresql+asyncpg://kr@127.0.0.1:1/kr",
         "public_url": PUBLIC,

@@ -69,6 +69,7 @@ async def test_demo_page_refuses_keys_that_are_not_keys(app_client: AppClient) -
 async def test_demo_page_does_not_exist_in_production(tmp_path: Path) -> None:
     settings = load_settings(
         env="production",
+        metrics_port=9100,
         data_dir=tmp_path,
         database_url="postgresql+asyncpg://kr@127.0.0.1:1/kr",
         public_url="https://api.example.com",

@@ -179,7 +179,7 @@ async def test_the_upstream_error_rate_alerts_once_enough_requests_fail(
         alerts.upstream(False)
         await alerts.drain()
         assert receiver.alerts() == ["upstream_errors"]
-        assert receiver.posts[0]["rate"] == 0.5
+        assert receiver.posts[0]["rate"] == 0.5 and receiver.posts[0]["requests"] == 6
     finally:
         await alerts.close()
 
@@ -215,6 +215,14 @@ async def test_two_instances_on_one_redis_post_once(receiver: Receiver) -> None:
         two.observe("refresh_token.reused", None)
         await two.drain()
         assert receiver.alerts()[-1] == "refresh_token_reuse" and len(receiver.posts) == 3
+        # Redis gone: alerts still fire, counted and latched in each process.
+        gone = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
+        alone = Alerts(settings, Metrics(), gone, clock=clock, prefix=prefix)
+        alone.observe("refresh_token.reused", None)
+        await alone.drain()
+        await alone.close()
+        await gone.aclose()
+        assert len(receiver.posts) == 4
     finally:
         await one.close()
         await two.close()

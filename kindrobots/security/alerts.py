@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import RedisError
+
 from kindrobots.config import Settings
 from kindrobots.metrics import Metrics
 from kindrobots.security.events import WEBHOOK_SIGNATURE_FAILED
@@ -184,8 +186,9 @@ class Alerts:
                 window,
                 item.at,
                 errors,
-                settings.alert_upstream_min_requests,
+                settings.alert_upstream_error_rate,
                 rate=round(errors / requests, 3),
+                requests=requests,
             )
 
     async def _add(self, key: str, window: int, at: float) -> int:
@@ -198,8 +201,13 @@ class Alerts:
             pipe.incr(f"{name}:{bucket}")
             pipe.expire(f"{name}:{bucket}", window * 2)
             pipe.mget([f"{name}:{b}" for b in range(bucket - BUCKETS + 1, bucket + 1)])
-            *_, values = await pipe.execute()
-            return sum(int(value) for value in values if value is not None)
+            try:
+                *_, values = await pipe.execute()
+            except RedisError:
+                # Redis away: this instance counts on its own until it is back.
+                logger.warning("alerts: Redis unreachable, counting %s in this process", key)
+            else:
+                return sum(int(value) for value in values if value is not None)
         counts = self._counts.setdefault(key, {})
         self._counts.move_to_end(key)
         while len(self._counts) > MAX_SCOPES:
@@ -212,10 +220,14 @@ class Alerts:
     async def _claim(self, key: str, window: int, at: float) -> bool:
         """True for the one caller (on any instance) that fires ``key`` in this window."""
         if self._latch is not None:
-            won = await self._latch(
-                keys=[f"{self._prefix}:fired:{key}"], args=[at, window, window * 2]
-            )
-            return bool(won)
+            try:
+                won = await self._latch(
+                    keys=[f"{self._prefix}:fired:{key}"], args=[at, window, window * 2]
+                )
+            except RedisError:
+                logger.warning("alerts: Redis unreachable, latching %s in this process", key)
+            else:
+                return bool(won)
         last = self._fired.get(key)
         if last is not None and at - last < window:
             return False
@@ -232,7 +244,7 @@ class Alerts:
         window: int,
         at: float,
         count: int,
-        threshold: int,
+        threshold: float,
         **extra: Any,
     ) -> None:
         if not await self._claim(f"{name}:{scope}", window, at):

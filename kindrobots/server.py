@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import logging
+import re
 import uuid
 import weakref
 from collections.abc import AsyncIterator
@@ -284,8 +285,10 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
         neither the origin nor the token the caller sent goes into them."""
         transport = "websocket" if context.close_connection is not None else "http"
         if rejected.close_code == UNAUTHORIZED:
-            # "end-user token refused: <reason>": the reason is PyJWT's, not the caller's.
+            # "end-user token refused: <reason>": the verifier's words, cut before anything
+            # quoted from the token itself ("algorithm '<alg>' not allowed").
             check = rejected.reason.partition(": ")[2] or rejected.reason
+            check = re.split(r"['\"]", check, maxsplit=1)[0].strip()
             self.services.refused(
                 WIDGET_TOKEN_REFUSED,
                 source=f"{context.ip}",

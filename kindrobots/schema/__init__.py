@@ -27,6 +27,7 @@ from kindrobots.schema.billing import BillingMutation
 from kindrobots.schema.callers import begin_operation
 from kindrobots.schema.chat import ChatMutation, ChatSubscription
 from kindrobots.schema.credentials import CredentialMutation
+from kindrobots.schema.data_rights import DataRightsMutation
 from kindrobots.schema.directives import install_rate_limits
 from kindrobots.schema.manifests import ManifestMutation
 from kindrobots.schema.node import NodeQuery
@@ -54,6 +55,7 @@ Mutation = merge_types(
         ProjectMutation,
         ChatMutation,
         BillingMutation,
+        DataRightsMutation,
     ),
 )
 Subscription = merge_types("Subscription", (ChatSubscription,))

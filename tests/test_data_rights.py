@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from kindrobots.db.models import (
     AuditEvent,
+    BillingAccount,
     Conversation,
     Invitation,
     LlmCredential,
@@ -186,6 +187,27 @@ async def test_a_wrong_confirmation_changes_nothing(client: Client, server: Runn
         error = only_error(response)
         assert error["extensions"] == {"code": "BAD_USER_INPUT", "field": "confirmation"}
     assert await rows_naming(server, seeded.raw) == before
+
+
+async def test_a_live_subscription_blocks_the_deletion(
+    client: Client, server: RunningServer
+) -> None:
+    seeded = await seed(client, server)
+    async with server.services.write() as session:
+        billing = await session.get(BillingAccount, seeded.raw)
+        assert billing is not None
+        billing.stripe_subscription_id = "sub_live"
+    before = await rows_naming(server, seeded.raw)
+    arguments = {"organizationId": seeded.organization_id, "confirmation": seeded.slug}
+    response = await client.execute(DELETE, {"input": arguments}, token=seeded.owner.access_token)
+    assert only_error(response)["extensions"]["code"] == "CONFLICT"
+    assert await rows_naming(server, seeded.raw) == before
+    async with server.services.write() as session:
+        billing = await session.get(BillingAccount, seeded.raw)
+        assert billing is not None
+        billing.cancel_at_period_end = True
+    response = await client.execute(DELETE, {"input": arguments}, token=seeded.owner.access_token)
+    assert response.errors == [], response.errors
 
 
 async def tombstone_of(server: RunningServer, organization_id: str) -> AuditEvent:

@@ -51,7 +51,7 @@ from kindrobots.db.models import (
     Project,
     User,
 )
-from kindrobots.errors import BadUserInput, NotFound
+from kindrobots.errors import BadUserInput, Conflict, NotFound
 from kindrobots.ids import to_global_id
 from kindrobots.resolvers import audit
 from kindrobots.resolvers.access import locked_organization
@@ -72,6 +72,8 @@ MAX_SUBJECT_LENGTH = 255
 CLOSE_CHANNEL = "control:connections"
 """Where live connections are told to close (the containment registry listens here)."""
 DELETED_REASON = "This organization was deleted."
+BILLED_STATUSES = ("active", "trialing", "past_due", "unpaid", "incomplete")
+SUBSCRIPTION_LIVE = "Cancel the organization's subscription before deleting it."
 
 
 def closing_message(organization_id: uuid.UUID) -> dict[str, Any]:
@@ -518,6 +520,16 @@ async def delete_organization(
         raise BadUserInput(
             "confirmation", "Type the organization's slug or name to confirm the deletion."
         )
+    subscription = await session.scalar(
+        select(BillingAccount.status).where(
+            BillingAccount.organization_id == organization_id,
+            BillingAccount.stripe_subscription_id.is_not(None),
+            BillingAccount.cancel_at_period_end.is_(False),
+        )
+    )
+    if subscription in BILLED_STATUSES:
+        # Stripe would keep charging a customer whose organization no longer exists.
+        raise Conflict(SUBSCRIPTION_LIVE)
     root = Organization.__table__
     assert isinstance(root, Table)
     counts = await _execute_plan(

@@ -266,16 +266,20 @@ def _org_export(settings: Settings, args: argparse.Namespace) -> int:
         organization_id = await _organization_or_none(services, args.organization)
         if organization_id is None:
             return 1
-        now = datetime.now(UTC)
-        async with services.write() as session:
-            await data_rights.record_export(session, CLI, now, organization_id)
-        # Rows stream out as they are read: a large organization never sits in memory.
-        out = (
-            await asyncio.to_thread(open, args.output, "w", encoding="utf-8")
-            if args.output
-            else sys.stdout
-        )
         try:
+            out = (
+                await asyncio.to_thread(open, args.output, "w", encoding="utf-8")
+                if args.output
+                else sys.stdout
+            )
+        except OSError as exc:
+            sys.stderr.write(f"kindrobots: cannot write {args.output}: {exc.strerror}\n")
+            return 1
+        try:
+            now = datetime.now(UTC)
+            async with services.write() as session:
+                await data_rights.record_export(session, CLI, now, organization_id)
+            # Rows stream out as they are read: a large organization never sits in memory.
             async with services.read() as session:
                 export = await data_rights.export_organization(session, now, organization_id)
                 async for chunk in data_rights.json_chunks(export):

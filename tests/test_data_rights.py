@@ -6,11 +6,13 @@ import asyncio
 import base64
 import json
 import sys
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from sqlalchemy import func, select
 
 from kindrobots.db.models import (
@@ -26,7 +28,7 @@ from kindrobots.db.models import (
 )
 from kindrobots.ids import from_global_id, to_global_id
 from kindrobots.resolvers import data_rights
-from tests.conftest import Client, RunningServer, count_statements
+from tests.conftest import Client, RunningServer, backend_server, count_statements
 from tests.data_rights_helpers import (
     API_KEY,
     Seeded,
@@ -57,6 +59,18 @@ mutation($input: UpdateOrganizationInput!) {
 }
 """
 RETENTION = "query($id: ID!) { organization(id: $id) { conversationRetentionDays } }"
+
+
+@pytest_asyncio.fixture(scope="module")
+async def server(
+    backend: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[RunningServer]:
+    """This module's own database: ``audit verify`` must see only these tests' chains
+    (other modules break theirs on purpose)."""
+    async with backend_server(
+        tmp_path_factory.mktemp(f"data-rights-{backend}"), backend
+    ) as running:
+        yield running
 
 
 async def export(client: Client, token: str, organization_id: str) -> Any:
@@ -278,6 +292,16 @@ async def test_command_line_export_and_delete(
 
     wrong = run_cli("org", "delete", seeded.slug, "--confirm", "nope", env=env, cwd=ROOT)
     assert wrong.returncode == 1 and wrong.stderr.count("\n") == 1, wrong.stderr
+    unwritable = run_cli(
+        "org",
+        "export",
+        seeded.slug,
+        "--output",
+        str(tmp_path / "none" / "x.json"),
+        env=env,
+        cwd=ROOT,
+    )
+    assert unwritable.returncode == 1 and unwritable.stderr.count("\n") == 1, unwritable.stderr
     unknown = run_cli("org", "export", "no-such-org", env=env, cwd=ROOT)
     assert unknown.returncode == 1 and unknown.stderr == "kindrobots: no such organization\n"
 

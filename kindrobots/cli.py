@@ -246,6 +246,201 @@ def _security_purge(settings: Settings) -> int:
     return asyncio.run(_with_services(settings, job))
 
 
+def _parse_time(option: str, value: str | None) -> datetime | None:
+    """An ISO-8601 time for the command line (one without a zone is UTC); ValueError
+    carries the one line to print."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"{option}: not an ISO-8601 time (e.g. 2026-01-31T09:00:00Z): {value[:40]!r}"
+        ) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+async def _organization_or_none(services: Services, reference: str) -> uuid.UUID | None:
+    from kindrobots.resolvers import billing
+
+    async with services.read() as session:
+        organization = await billing.find_organization(session, reference)
+    if organization is None:
+        sys.stderr.write("kindrobots: no such organization\n")
+        return None
+    return organization.id
+
+
+def _org_export(settings: Settings, args: argparse.Namespace) -> int:
+    from kindrobots.auth.principals import CLI
+    from kindrobots.resolvers import data_rights
+
+    async def job(services: Services) -> int:
+        organization_id = await _organization_or_none(services, args.organization)
+        if organization_id is None:
+            return 1
+        try:
+            out = (
+                await asyncio.to_thread(open, args.output, "w", encoding="utf-8")
+                if args.output
+                else sys.stdout
+            )
+        except OSError as exc:
+            sys.stderr.write(f"kindrobots: cannot write {args.output}: {exc.strerror}\n")
+            return 1
+        try:
+            now = datetime.now(UTC)
+            async with services.write() as session:
+                await data_rights.record_export(session, CLI, now, organization_id)
+            # Rows stream out as they are read: a large organization never sits in memory.
+            async with services.read() as session:
+                export = await data_rights.export_organization(session, now, organization_id)
+                async for chunk in data_rights.json_chunks(export):
+                    out.write(chunk)
+        finally:
+            if out is not sys.stdout:
+                out.close()
+        return 0
+
+    return asyncio.run(_with_services(settings, job))
+
+
+def _org_delete(settings: Settings, args: argparse.Namespace) -> int:
+    from kindrobots.auth.principals import CLI
+    from kindrobots.errors import PublicError
+    from kindrobots.resolvers import data_rights
+
+    async def job(services: Services) -> int:
+        organization_id = await _organization_or_none(services, args.organization)
+        if organization_id is None:
+            return 1
+        try:
+            async with services.write() as session:
+                deleted = await data_rights.delete_organization(
+                    session, CLI, datetime.now(UTC), organization_id, args.confirm
+                )
+        except PublicError as exc:
+            sys.stderr.write(f"kindrobots: {exc.message}\n")
+            return 1
+        await services.broker.publish(
+            data_rights.CLOSE_CHANNEL, data_rights.closing_message(organization_id)
+        )
+        sys.stdout.write(
+            f"deleted organization {organization_id}: {sum(deleted.rows.values())} rows\n"
+        )
+        return 0
+
+    return asyncio.run(_with_services(settings, job))
+
+
+def _org_delete_end_user(settings: Settings, args: argparse.Namespace) -> int:
+    from kindrobots.auth.principals import CLI
+    from kindrobots.errors import PublicError
+    from kindrobots.ids import from_global_id
+    from kindrobots.resolvers import data_rights
+
+    async def job(services: Services) -> int:
+        organization_id = await _organization_or_none(services, args.organization)
+        if organization_id is None:
+            return 1
+        try:
+            project_id = from_global_id(args.project, "Project") if args.project else None
+            async with services.write() as session:
+                deleted = await data_rights.delete_end_user_data(
+                    session, CLI, datetime.now(UTC), organization_id, args.subject, project_id
+                )
+        except PublicError as exc:
+            sys.stderr.write(f"kindrobots: {exc.message}\n")
+            return 1
+        sys.stdout.write(
+            f"deleted {deleted.conversations} conversations, {deleted.messages} messages\n"
+        )
+        return 0
+
+    return asyncio.run(_with_services(settings, job))
+
+
+async def retention_run(services: Services, batch_size: int) -> tuple[int, int, int]:
+    """Purge every organization's conversations idle past its retention, one batch per
+    unit of work: (organizations purged, conversations, messages)."""
+    from kindrobots.resolvers import data_rights
+
+    now = datetime.now(UTC)
+    organizations = conversations = messages = 0
+    after: uuid.UUID | None = None
+    while True:
+        async with services.read() as session:
+            page = await data_rights.organizations_with_retention(session, after, 100)
+        for organization_id in page:
+            totals = data_rights.EndUserDeletion(0, 0)
+            while True:
+                async with services.write() as session:
+                    batch = await data_rights.purge_conversations_batch(
+                        session, data_rights.RETENTION, now, organization_id, batch_size, totals
+                    )
+                totals = data_rights.EndUserDeletion(
+                    totals.conversations + batch.conversations, totals.messages + batch.messages
+                )
+                if batch.done:
+                    break
+            organizations += 1 if totals.conversations else 0
+            conversations += totals.conversations
+            messages += totals.messages
+        if len(page) < 100:
+            return organizations, conversations, messages
+        after = page[-1]
+
+
+def _retention_run(settings: Settings, args: argparse.Namespace) -> int:
+    async def job(services: Services) -> int:
+        organizations, conversations, messages = await retention_run(services, args.batch_size)
+        sys.stdout.write(
+            f"purged {conversations} conversations ({messages} messages) "
+            f"in {organizations} organizations\n"
+        )
+        return 0
+
+    return asyncio.run(_with_services(settings, job))
+
+
+def _incident_report(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+
+    from kindrobots.errors import PublicError
+    from kindrobots.resolvers import billing, incidents
+
+    try:
+        since = _parse_time("--since", args.since)
+        until = _parse_time("--until", args.until)
+        confirmed = _parse_time("--confirmed", args.confirmed)
+    except ValueError as exc:
+        sys.stderr.write(f"kindrobots: {exc}\n")
+        return 2
+    assert since is not None  # a required option
+
+    async def job(services: Services) -> int:
+        async with services.read() as session:
+            organization = await billing.find_organization(session, args.organization)
+            if organization is None:
+                sys.stderr.write("kindrobots: no such organization\n")
+                return 1
+            try:
+                report = await incidents.incident_report(
+                    session, datetime.now(UTC), organization, since, until, confirmed
+                )
+            except PublicError as exc:
+                sys.stderr.write(f"kindrobots: {exc.message}\n")
+                return 2
+        document = incidents.to_document(report)
+        if args.format == "md":
+            sys.stdout.write(incidents.to_markdown(document))
+        else:
+            sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+        return 0
+
+    return asyncio.run(_with_services(settings, job))
+
+
 def _schema() -> None:
     from kindrobots.schema import build_schema
 
@@ -281,6 +476,48 @@ def parser() -> argparse.ArgumentParser:
     set_tier = org_commands.add_parser("set-tier", help="grant a tier by hand (audited)")
     set_tier.add_argument("organization", help="organization ID, global ID or slug")
     set_tier.add_argument("tier", help="STARTER, PROFESSIONAL or ENTERPRISE")
+    org_export = org_commands.add_parser(
+        "export", help="write the organization's data as a JSON archive (audited; KR_DATABASE_URL)"
+    )
+    org_export.add_argument("organization", help="organization ID, global ID or slug")
+    org_export.add_argument("--output", help="file to write (default: standard output)")
+    org_export.set_defaults(run=_org_export)
+    org_delete = org_commands.add_parser(
+        "delete", help="delete the organization and all its data for good (audited)"
+    )
+    org_delete.add_argument("organization", help="organization ID, global ID or slug")
+    org_delete.add_argument(
+        "--confirm", required=True, metavar="SLUG", help="the organization's slug, typed back"
+    )
+    org_delete.set_defaults(run=_org_delete)
+    org_end_user = org_commands.add_parser(
+        "delete-end-user", help="delete one end user's conversations by JWT subject (audited)"
+    )
+    org_end_user.add_argument("organization", help="organization ID, global ID or slug")
+    org_end_user.add_argument("subject", help="the end user's JWT subject")
+    org_end_user.add_argument("--project", help="only this project (global ID)")
+    org_end_user.set_defaults(run=_org_delete_end_user)
+    retention = commands.add_parser("retention", help="conversation retention")
+    retention_commands = retention.add_subparsers(dest="retention_command", required=True)
+    retention_run_parser = retention_commands.add_parser(
+        "run",
+        help="purge conversations idle past each organization's conversationRetentionDays; "
+        "safe to run from cron on every instance at once (KR_DATABASE_URL)",
+    )
+    retention_run_parser.add_argument("--batch-size", type=int, default=500)
+    retention_run_parser.set_defaults(run=_retention_run)
+    incident = commands.add_parser("incident", help="incident response")
+    incident_commands = incident.add_subparsers(dest="incident_command", required=True)
+    report = incident_commands.add_parser(
+        "report",
+        help="what a breach notification needs (SECURITY_POLICY 8.3) for one organization",
+    )
+    report.add_argument("--org", dest="organization", required=True, help="ID or slug")
+    report.add_argument("--since", required=True, help="window start (ISO-8601)")
+    report.add_argument("--until", help="window end (default: now)")
+    report.add_argument("--confirmed", help="when the breach was confirmed (default: now)")
+    report.add_argument("--format", choices=("json", "md"), default="json")
+    report.set_defaults(run=_incident_report)
     billing = commands.add_parser("billing", help="Stripe billing tools")
     billing_commands = billing.add_subparsers(dest="billing_command", required=True)
     sync = billing_commands.add_parser(
@@ -313,6 +550,9 @@ def main(argv: list[str] | None = None) -> int:
     from kindrobots.logs import configure_logging
 
     configure_logging(settings)
+    if getattr(args, "run", None) is not None:
+        result: int = args.run(settings, args)
+        return result
     if args.command == "migrate":
         _migrate(settings)
     elif args.command == "audit":

@@ -179,6 +179,9 @@ class Settings(BaseSettings):
     lockout_ip_threshold: int = Field(default=100, ge=1)
     # Security events (signin.failed, account.locked, ...) older than this are purged.
     security_event_retention_days: int = Field(default=90, ge=1)
+    # ``exportOrganization`` answers inline up to this many rows (members, conversations,
+    # messages, audit events, ...); larger archives stream from ``kindrobots org export``.
+    export_max_rows: int = Field(default=50_000, ge=1)
     access_token_ttl: int = Field(default=600, ge=30, le=86400)
     refresh_token_ttl: int = Field(default=30 * 86400, ge=300)
     invitation_ttl: int = Field(default=7 * 86400, ge=300)

@@ -91,6 +91,9 @@ class Organization(Base):
     tier: Mapped[str] = mapped_column(String(16), default="STARTER")
     tier_grace_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Conversations idle longer than this many days are purged by ``kindrobots retention
+    # run`` (resolvers.data_rights); NULL keeps them.
+    conversation_retention_days: Mapped[int | None] = mapped_column(Integer)
 
 
 class Membership(Base):
@@ -342,6 +345,8 @@ class Conversation(Base):
     __table_args__ = (
         Index("ix_conversations_project_created", "project_id", "created_at", "id"),
         Index("ix_conversations_org_created", "organization_id", "created_at", "id"),
+        # The retention purge finds an organization's idle conversations by this.
+        Index("ix_conversations_org_updated", "organization_id", "updated_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)

@@ -27,6 +27,7 @@ from kindrobots.schema.billing import BillingMutation
 from kindrobots.schema.callers import begin_operation
 from kindrobots.schema.chat import ChatMutation, ChatSubscription
 from kindrobots.schema.credentials import CredentialMutation
+from kindrobots.schema.data_rights import DataRightsMutation
 from kindrobots.schema.directives import install_rate_limits
 from kindrobots.schema.manifests import ManifestMutation
 from kindrobots.schema.monitoring import OperationMetrics
@@ -55,6 +56,7 @@ Mutation = merge_types(
         ProjectMutation,
         ChatMutation,
         BillingMutation,
+        DataRightsMutation,
     ),
 )
 Subscription = merge_types("Subscription", (ChatSubscription,))

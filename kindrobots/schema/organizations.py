@@ -128,6 +128,9 @@ class OrganizationType(Node):
     slug: str
     tier: Tier
     created_at: datetime
+    conversation_retention_days: int | None = strawberry.field(
+        description="Days an idle conversation is kept before the retention purge; null keeps them."
+    )
     organization_id: strawberry.Private[uuid.UUID]
 
     @strawberry.field(extensions=requires(Role.VIEWER, OnSource()))
@@ -257,6 +260,7 @@ class OrganizationType(Node):
             # The tier in force now: a lapsed past-due grace period shows as Starter.
             tier=effective_tier(row.tier, row.tier_grace_until, datetime.now(UTC)),
             created_at=row.created_at,
+            conversation_retention_days=row.conversation_retention_days,
             organization_id=row.id,
         )
 

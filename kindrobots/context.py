@@ -20,7 +20,7 @@ from kindrobots.auth.widgets import WidgetRejected
 from kindrobots.billing.stripe_client import StripeGateway
 from kindrobots.broker import Broker
 from kindrobots.config import Settings
-from kindrobots.security.connections import ConnectionLimits, Slot
+from kindrobots.security.connections import Closable, ConnectionLimits, LiveConnections, Slot
 from kindrobots.security.crypto import KeyRing
 from kindrobots.security.jwks import JwksCache
 from kindrobots.security.ratelimit import Limiter
@@ -50,6 +50,8 @@ class Services:
     redis: Redis | None = None
     # The Stripe client; None while billing is off (no KR_STRIPE_* settings).
     stripe: StripeGateway | None = None
+    # Open WebSockets of this instance, for containment to close (server.contain).
+    live: LiveConnections = field(default_factory=LiveConnections)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -92,6 +94,8 @@ class RequestContext:
     close_connection: Callable[..., Awaitable[Any]] | None = None
     # WebSocket only: the connection's claims on the per-IP and per-project limits.
     connection_slot: Slot | None = None
+    # WebSocket only: the connection, as indexed in ``Services.live``.
+    websocket: Closable | None = None
     # Set by the transport: HTTP writes Set-Cookie headers, a WebSocket cannot and ignores them.
     cookie_sink: Callable[[list[Cookie]], None] | None = None
     # Per-operation caches (schema.loaders), emptied when an operation begins.

@@ -33,6 +33,7 @@ from kindrobots.schema.node import NodeQuery
 from kindrobots.schema.organizations import OrganizationMutation, OrganizationQuery
 from kindrobots.schema.permissions import check_sources
 from kindrobots.schema.projects import ProjectMutation
+from kindrobots.schema.staff import StaffMutation
 from kindrobots.security.documents import (
     NOT_TRUSTED,
     DocumentCache,
@@ -54,6 +55,7 @@ Mutation = merge_types(
         ProjectMutation,
         ChatMutation,
         BillingMutation,
+        StaffMutation,
     ),
 )
 Subscription = merge_types("Subscription", (ChatSubscription,))

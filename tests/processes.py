@@ -211,3 +211,19 @@ async def instances(
         ]
         await asyncio.gather(*(wait_ready(http, instance) for instance in started))
         yield started
+
+
+def cli_env(settings: Settings, cwd: Path) -> dict[str, str]:
+    """The environment of a ``kindrobots`` command on the database and keys of ``settings``
+    (an in-process server's), so that it acts on what the server serves."""
+    return clean_env(
+        KR_ENV="development",
+        KR_DATABASE_URL=settings.database_url,
+        KR_DATA_DIR=str(cwd),
+        KR_PUBLIC_URL=settings.public_url,
+        KR_AUDIT_KEY=base64.b64encode(settings.audit_key).decode(),
+        KR_ENCRYPTION_KEYS=format_keys(settings.encryption_keys),
+        KR_SIGNING_KEYS=format_keys(settings.signing_keys),
+        KR_LOG_FORMAT="text",
+        **({"KR_REDIS_URL": settings.redis_url} if settings.redis_url else {}),
+    )

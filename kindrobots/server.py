@@ -702,9 +702,11 @@ async def _contain(services: Services) -> None:
     """Containment published by any instance (resolvers.containment.announce) closes this
     instance's matching WebSockets; for the process's life, resubscribing after an outage."""
     closing: set[asyncio.Task[Any]] = set()
+    lost = False  # logged once per outage: the broker logs its own reconnects
     while True:
         try:
             async with services.broker.subscribe(CONTROL_CHANNEL) as messages:
+                lost = False
                 async for message in messages:
                     try:
                         await _contain_message(services, message, closing)
@@ -712,8 +714,10 @@ async def _contain(services: Services) -> None:
                         logger.exception("control message failed")
         except asyncio.CancelledError:
             raise
-        except Exception:
-            logger.warning("control channel lost; subscribing again", exc_info=True)
+        except Exception as error:
+            if not lost:
+                logger.warning("control channel lost (%s); subscribing again", type(error).__name__)
+            lost = True
         await asyncio.sleep(CONTROL_RETRY)
 
 

@@ -150,8 +150,11 @@ async def closed(ws: aiohttp.ClientWebSocketResponse) -> tuple[int | None, str]:
     async with asyncio.timeout(CLOSE_WITHIN):
         while True:
             message = await ws.receive()
-            if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
-                return ws.close_code, str(message.extra or "")
+            if message.type is aiohttp.WSMsgType.CLOSE:
+                # The frame's own code: the client's close_code may say how its answer fared.
+                return int(message.data), str(message.extra or "")
+            if message.type is aiohttp.WSMsgType.CLOSED:
+                return ws.close_code, ""
 
 
 async def widget_refused(

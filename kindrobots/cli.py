@@ -23,7 +23,20 @@ from kindrobots.config import (
 )
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
     from kindrobots.context import Services
+    from kindrobots.resolvers.containment import Closing
+
+CONTAINMENT_COMMANDS = frozenset(
+    {
+        ("keys", "rotate-signing"),
+        ("org", "suspend"),
+        ("org", "restore"),
+        ("org", "rotate-keys"),
+        ("org", "revoke-sessions"),
+    }
+)
 
 
 def _migrate(settings: Settings) -> None:
@@ -333,6 +346,49 @@ def _org_delete(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(_with_services(settings, job))
 
 
+def _contain(settings: Settings, args: argparse.Namespace) -> int:
+    """``staff``, ``org suspend|restore|rotate-keys|revoke-sessions``, ``user …`` and
+    ``keys rotate-signing``: one transaction as the ``cli`` actor, then the announcement
+    that closes open connections on every instance (through Redis, when configured)."""
+    from kindrobots.auth.principals import CLI
+    from kindrobots.errors import PublicError
+    from kindrobots.resolvers import billing, containment
+
+    async def job(services: Services) -> int:
+        now = datetime.now(UTC)
+        command = f"{args.command} {_subcommand(args)}"
+        closing: containment.Closing | None = None
+        try:
+            async with services.write() as session:
+                if args.command == "keys":
+                    kid = await containment.rotate_signing_key(session, CLI, now, services.signer)
+                    outcome = f"signing with {kid}; earlier keys verify until their tokens expire"
+                elif args.command == "org":
+                    found = await billing.find_organization(session, args.organization)
+                    if found is None:
+                        sys.stderr.write("kindrobots: no such organization\n")
+                        return 1
+                    closing, outcome = await _org_action(session, now, args, found.id)
+                    outcome = f"{found.slug}: {outcome}"
+                else:
+                    user = await containment.find_user(session, args.user)
+                    if user is None:
+                        sys.stderr.write("kindrobots: no such user\n")
+                        return 1
+                    closing, outcome = await _user_action(session, now, args, user.id)
+                    outcome = f"{user.email}: {outcome}"
+        except PublicError as error:
+            sys.stderr.write(f"kindrobots: {command}: {error.message}\n")
+            return 1
+        if args.command == "keys":
+            await containment.announce_signing_keys(services.broker)
+        await containment.announce(services.broker, closing)
+        sys.stdout.write(outcome + "\n")
+        return 0
+
+    return asyncio.run(_with_services(settings, job))
+
+
 def _org_delete_end_user(settings: Settings, args: argparse.Namespace) -> int:
     from kindrobots.auth.principals import CLI
     from kindrobots.errors import PublicError
@@ -441,6 +497,94 @@ def _incident_report(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(_with_services(settings, job))
 
 
+def _subcommand(args: argparse.Namespace) -> str:
+    return str(getattr(args, f"{args.command}_command", ""))
+
+
+async def _org_action(
+    session: AsyncSession, now: datetime, args: argparse.Namespace, organization_id: uuid.UUID
+) -> tuple[Closing | None, str]:
+    from kindrobots.auth.principals import CLI
+    from kindrobots.resolvers import containment
+
+    action = args.org_command
+    if action == "suspend":
+        closing = await containment.suspend_organization(
+            session, CLI, now, organization_id, args.reason
+        )
+        return closing, "suspended"
+    if action == "restore":
+        restored = await containment.restore_organization(session, CLI, now, organization_id)
+        return None, "restored" if restored else "not suspended"
+    if action == "rotate-keys":
+        closing = await containment.rotate_organization_keys(session, CLI, now, organization_id)
+        return closing, f"{closing.count} project keys rotated"
+    closing = await containment.revoke_organization_sessions(session, CLI, now, organization_id)
+    return closing, f"{closing.count} sessions revoked"
+
+
+async def _user_action(
+    session: AsyncSession, now: datetime, args: argparse.Namespace, user_id: uuid.UUID
+) -> tuple[Closing | None, str]:
+    from kindrobots.auth.principals import CLI
+    from kindrobots.resolvers import containment
+
+    action = args.user_command if args.command == "user" else args.staff_command
+    if args.command == "staff":
+        changed = await containment.set_staff(session, CLI, now, user_id, action == "grant")
+        state = "staff" if action == "grant" else "not staff"
+        return None, state if changed else f"{state} (unchanged)"
+    if action == "suspend":
+        return await containment.suspend_user(session, CLI, now, user_id, args.reason), "suspended"
+    if action == "restore":
+        restored = await containment.restore_user(session, CLI, now, user_id)
+        return None, "restored" if restored else "not suspended"
+    closing = await containment.revoke_user_sessions(session, CLI, now, user_id)
+    return closing, f"{closing.count} sessions revoked"
+
+
+def _containment_parsers(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    key_commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    org_commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    announce = " (audited; closes open connections on every instance through KR_REDIS_URL)"
+    key_commands.add_parser(
+        "rotate-signing",
+        help="sign session tokens with a new key on every instance; earlier keys verify "
+        "until their tokens expire (KR_ACCESS_TOKEN_TTL), then leave the JWKS. The first "
+        "run moves KR_SIGNING_KEYS into the database (sealed with KR_ENCRYPTION_KEYS)",
+    )
+    for name, text in (
+        ("suspend", "refuse the organization's members and widgets until restored"),
+        ("restore", "lift a suspension"),
+        ("rotate-keys", "a new publishable key for every project"),
+        ("revoke-sessions", "end every session of every member"),
+    ):
+        command = org_commands.add_parser(name, help=text + announce)
+        command.add_argument("organization", help="organization ID, global ID or slug")
+        if name == "suspend":
+            command.add_argument("--reason", required=True, help="kept in the audit log")
+    user = commands.add_parser("user", help="user containment")
+    user_commands = user.add_subparsers(dest="user_command", required=True)
+    for name, text in (
+        ("suspend", "refuse every call of the user until restored"),
+        ("restore", "lift a suspension"),
+        ("revoke-sessions", "end every session of the user"),
+    ):
+        command = user_commands.add_parser(name, help=text + announce)
+        command.add_argument("user", help="email, user ID or global ID")
+        if name == "suspend":
+            command.add_argument("--reason", required=True, help="kept in the audit log")
+    staff = commands.add_parser("staff", help="Kind Robots staff (the only way to grant it)")
+    staff_commands = staff.add_subparsers(dest="staff_command", required=True)
+    for name in ("grant", "revoke"):
+        command = staff_commands.add_parser(
+            name, help=f"{name} the platform staff flag (audited in the platform chain)"
+        )
+        command.add_argument("user", help="email, user ID or global ID")
+
+
 def _schema() -> None:
     from kindrobots.schema import build_schema
 
@@ -524,6 +668,7 @@ def parser() -> argparse.ArgumentParser:
         "sync", help="re-read subscriptions from Stripe and repair local state"
     )
     sync.add_argument("--org", dest="organization", help="only this organization")
+    _containment_parsers(commands, key_commands, org_commands)
     security = commands.add_parser("security", help="security events")
     security_commands = security.add_subparsers(dest="security_command", required=True)
     security_commands.add_parser(
@@ -557,6 +702,11 @@ def main(argv: list[str] | None = None) -> int:
         _migrate(settings)
     elif args.command == "audit":
         return _audit_verify(settings)
+    elif (args.command, _subcommand(args)) in CONTAINMENT_COMMANDS or args.command in (
+        "user",
+        "staff",
+    ):
+        return _contain(settings, args)
     elif args.command == "keys":
         return _keys_rotate(settings, args.batch_size)
     elif args.command == "org":

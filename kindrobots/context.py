@@ -23,7 +23,7 @@ from kindrobots.broker import Broker
 from kindrobots.config import Settings
 from kindrobots.metrics import Metrics
 from kindrobots.security.alerts import Alerts
-from kindrobots.security.connections import ConnectionLimits, Slot
+from kindrobots.security.connections import Closable, ConnectionLimits, LiveConnections, Slot
 from kindrobots.security.crypto import KeyRing
 from kindrobots.security.events import Refusals
 from kindrobots.security.jwks import JwksCache
@@ -72,6 +72,9 @@ class Services:
         if self.refusals is not None:
             self.refusals.refused(event, source=source, ip=ip, details=details, user_id=user_id)
 
+    # Open WebSockets of this instance, for containment to close (server.contain).
+    live: LiveConnections = field(default_factory=LiveConnections)
+
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
         """A short session for reads. Sibling resolvers run concurrently, so none is shared."""
@@ -113,6 +116,8 @@ class RequestContext:
     close_connection: Callable[..., Awaitable[Any]] | None = None
     # WebSocket only: the connection's claims on the per-IP and per-project limits.
     connection_slot: Slot | None = None
+    # WebSocket only: the connection, as indexed in ``Services.live``.
+    websocket: Closable | None = None
     # Set by the transport: HTTP writes Set-Cookie headers, a WebSocket cannot and ignores them.
     cookie_sink: Callable[[list[Cookie]], None] | None = None
     # Per-operation caches (schema.loaders), emptied when an operation begins.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import hmac
 import logging
@@ -27,6 +29,7 @@ from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOpe
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
+from kindrobots.auth import signing_keys
 from kindrobots.auth.principals import UserActor, WidgetActor
 from kindrobots.auth.tokens import TokenSigner
 from kindrobots.auth.widgets import UNAUTHORIZED, WidgetRejected, authenticate_widget
@@ -36,11 +39,12 @@ from kindrobots.broker.redis import RedisBroker
 from kindrobots.config import Settings
 from kindrobots.context import Cookie, RequestContext, Services
 from kindrobots.db.engine import create_engine, create_sessionmaker
-from kindrobots.errors import PublicError, ServiceUnavailable
+from kindrobots.errors import Forbidden, PublicError, ServiceUnavailable
 from kindrobots.metrics import Metrics
 from kindrobots.metrics import reset as reset_metrics
 from kindrobots.metrics import use as use_metrics
 from kindrobots.resolvers import security_events
+from kindrobots.resolvers.containment import CONTROL_CHANNEL, organization_key, project_key
 from kindrobots.schema import build_schema
 from kindrobots.schema.callers import identify
 from kindrobots.security.alerts import Alerts
@@ -237,6 +241,7 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
         if isinstance(response, web.WebSocketResponse):
             context.close_connection = response.close
             context.connection_slot = request.get(CONNECTION)
+            context.websocket = response
         project_key = request.headers.get("X-Project-Key")
         if project_key is not None and not websocket:
             # The external chat API: the bearer token, if any, is the end user's, not a session.
@@ -362,6 +367,11 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
             # the browser sent along must not turn a customer's page into the dashboard.
             context.access_token = context.auth_source = None
             self._opened(slot, "widget")
+            if context.websocket is not None:
+                self.services.live.add(
+                    context.websocket,
+                    (project_key(caller.project_id), organization_key(caller.organization_id)),
+                )
             return None
         if not self._dashboard_origin(context):
             logger.info("dashboard connection refused from origin %r", context.origin)
@@ -380,10 +390,17 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
         )
         if token:
             context.access_token, context.auth_source = token, "connection"
+        try:
+            if token or context.access_token:
+                # Known from the start, the connection is indexed for containment.
+                await identify(context)
+        except Forbidden as refused:  # a suspended account
+            if context.close_connection is not None:
+                await context.close_connection(code=4403, message=refused.message.encode()[:123])
+            raise ConnectionRejectionError() from None
+        if token and not isinstance(context.caller, UserActor):
             # Refuse a token that is forged, expired or whose session was signed out.
-            await identify(context)
-            if not isinstance(context.caller, UserActor):
-                raise ConnectionRejectionError()
+            raise ConnectionRejectionError()
         self._opened(context.connection_slot, "dashboard")
         return None
 
@@ -422,6 +439,9 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
             self.connections.release(slot)
             if slot.kind is not None:
                 self.services.metrics.websockets.labels(slot.kind).dec()
+            websocket = request.get(WEBSOCKET)
+            if websocket is not None:
+                self.services.live.remove(websocket)
 
     async def create_websocket_response(
         self, request: web.Request, subprotocol: str | None
@@ -706,7 +726,8 @@ async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
 
 async def jwks(request: web.Request) -> web.Response:
     return web.json_response(
-        request.app[SERVICES].signer.jwks(), headers={"Cache-Control": "public, max-age=300"}
+        request.app[SERVICES].signer.jwks(datetime.now(UTC)),
+        headers={"Cache-Control": "public, max-age=300"},
     )
 
 
@@ -766,6 +787,7 @@ def create_services(settings: Settings) -> Services:
             settings.signing_keys,
             issuer=settings.public_url,
             ttl=timedelta(seconds=settings.access_token_ttl),
+            keyring=KeyRing(settings.encryption_keys),
         ),
         keyring=KeyRing(settings.encryption_keys),
         feeds=ConnectionLimits(
@@ -788,6 +810,72 @@ def create_services(settings: Settings) -> Services:
     )
     _monitoring(services)
     return services
+
+
+CONTAINMENT: web.AppKey[asyncio.Task[None]] = web.AppKey("containment", asyncio.Task)
+# Seconds between attempts to subscribe the control channel again after the broker failed.
+CONTROL_RETRY = 1.0
+
+
+async def _contain_message(services: Services, message: dict[str, Any], closing: set[Any]) -> None:
+    """One control message: close the matching connections (each in a task of its own, as
+    a close waits for the client's answer), or read the signing keys again."""
+    if message.get("kind") == "signing_keys":
+        async with services.read() as session:
+            await signing_keys.refresh(session, services.signer, datetime.now(UTC))
+        return
+    match, code, reason = message.get("match"), message.get("code"), message.get("reason")
+    if message.get("kind") != "close" or not isinstance(match, list) or code not in (4401, 4403):
+        logger.warning("unknown control message skipped")
+        return
+    payload = str(reason or "").encode()[:123].decode(errors="ignore").encode()
+    for websocket in services.live.matching(m for m in match if isinstance(m, list)):
+        services.live.remove(websocket)
+        task = asyncio.create_task(websocket.close(code=code, message=payload))
+        closing.add(task)
+        task.add_done_callback(closing.discard)
+
+
+async def _contain(services: Services) -> None:
+    """Containment published by any instance (resolvers.containment.announce) closes this
+    instance's matching WebSockets; for the process's life, resubscribing after an outage."""
+    closing: set[asyncio.Task[Any]] = set()
+    lost = False  # logged once per outage: the broker logs its own reconnects
+    while True:
+        try:
+            async with services.broker.subscribe(CONTROL_CHANNEL) as messages:
+                lost = False
+                async for message in messages:
+                    try:
+                        await _contain_message(services, message, closing)
+                    except Exception:
+                        logger.exception("control message failed")
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            if not lost:
+                logger.warning("control channel lost (%s); subscribing again", type(error).__name__)
+            lost = True
+        await asyncio.sleep(CONTROL_RETRY)
+
+
+async def _start_containment(app: web.Application) -> None:
+    services = app[SERVICES]
+    try:
+        async with services.read() as session:
+            await signing_keys.refresh(session, services.signer, datetime.now(UTC))
+    except Exception:
+        # KR_SIGNING_KEYS serves until the next control message or unknown key ID.
+        logger.warning("signing keys not read from the database", exc_info=True)
+    app[CONTAINMENT] = asyncio.create_task(_contain(services), name="kindrobots-containment")
+
+
+async def _stop_containment(app: web.Application) -> None:
+    task = app.get(CONTAINMENT)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _close_websockets(app: web.Application) -> None:
@@ -835,6 +923,8 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
     app.middlewares.append(observe_requests)
     app.middlewares.append(graphql_request_errors)  # innermost: CORS still sees the answer
     app.on_response_prepare.append(_response_headers)
+    app.on_startup.append(_start_containment)
+    app.on_shutdown.append(_stop_containment)
     app.on_shutdown.append(_close_websockets)
     app.on_cleanup.append(_close_services)
     return app

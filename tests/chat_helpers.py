@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -137,3 +138,34 @@ async def widget_chat(
             assert frame["type"] == "next", frame
             assert "errors" not in frame["payload"], frame
             events.append(frame["payload"]["data"]["chat"])
+
+
+# DESIGN.md, "Live connections": containment closes open sockets within a second.
+CLOSE_WITHIN = 1.0
+
+
+async def closed(ws: aiohttp.ClientWebSocketResponse) -> tuple[int | None, str]:
+    """How the server closed ``ws`` (close code, reason), skipping frames still in flight;
+    fails unless the close arrives within :data:`CLOSE_WITHIN` seconds."""
+    async with asyncio.timeout(CLOSE_WITHIN):
+        while True:
+            message = await ws.receive()
+            if message.type is aiohttp.WSMsgType.CLOSE:
+                # The frame's own code: the client's close_code may say how its answer fared.
+                return int(message.data), str(message.extra or "")
+            if message.type is aiohttp.WSMsgType.CLOSED:
+                return ws.close_code, ""
+
+
+async def widget_refused(
+    http: aiohttp.ClientSession, server: Served, project_key: str, *, origin: str | None = ORIGIN
+) -> tuple[int | None, str]:
+    """A widget connection the server refuses at ``connection_init``: how it was closed."""
+    headers = {"Origin": origin} if origin else {}
+    async with http.ws_connect(
+        server.ws_url, protocols=["graphql-transport-ws"], headers=headers
+    ) as ws:
+        await ws.send_json({"type": "connection_init", "payload": {"projectKey": project_key}})
+        message = await ws.receive(timeout=10)
+        assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), message
+        return ws.close_code, str(message.extra or "")

@@ -17,12 +17,12 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 
-from kindrobots.config import Settings, format_keys, generate_key
+from kindrobots.config import Settings, format_keys, generate_audit_key, generate_key
 from tests.conftest import REDIS_URL, scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,6 +100,8 @@ class Instance:
     process: asyncio.subprocess.Process
     port: int
     log: Path
+    # The process's KR_* environment: a command line run with it acts on the same service.
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -158,18 +160,19 @@ async def serve(
     data_dir = tmp / name
     data_dir.mkdir()
     log = tmp / f"{name}.log"
+    env = kindrobots_env(settings, port=port, data_dir=data_dir)
     with log.open("wb") as output:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "kindrobots",
             "serve",
-            env=kindrobots_env(settings, port=port, data_dir=data_dir),
+            env=env,
             cwd=cwd or tmp,
             stdout=output,
             stderr=asyncio.subprocess.STDOUT,
         )
-    instance = Instance(name, process, port, log)
+    instance = Instance(name, process, port, log, env)
     try:
         yield instance
     finally:
@@ -178,10 +181,12 @@ async def serve(
 
 
 def new_keys() -> dict[str, str]:
-    """Fresh signing and encryption keys, as the environment of every instance gives them."""
+    """Fresh signing, encryption and audit keys, as the environment of every instance
+    gives them (without a shared audit key each would seal the chains with its own)."""
     return {
         "KR_SIGNING_KEYS": format_keys((generate_key("sig"),)),
         "KR_ENCRYPTION_KEYS": format_keys((generate_key("enc"),)),
+        "KR_AUDIT_KEY": generate_audit_key(),
     }
 
 
@@ -211,3 +216,19 @@ async def instances(
         ]
         await asyncio.gather(*(wait_ready(http, instance) for instance in started))
         yield started
+
+
+def cli_env(settings: Settings, cwd: Path) -> dict[str, str]:
+    """The environment of a ``kindrobots`` command on the database and keys of ``settings``
+    (an in-process server's), so that it acts on what the server serves."""
+    return clean_env(
+        KR_ENV="development",
+        KR_DATABASE_URL=settings.database_url,
+        KR_DATA_DIR=str(cwd),
+        KR_PUBLIC_URL=settings.public_url,
+        KR_AUDIT_KEY=base64.b64encode(settings.audit_key).decode(),
+        KR_ENCRYPTION_KEYS=format_keys(settings.encryption_keys),
+        KR_SIGNING_KEYS=format_keys(settings.signing_keys),
+        KR_LOG_FORMAT="text",
+        **({"KR_REDIS_URL": settings.redis_url} if settings.redis_url else {}),
+    )

@@ -6,7 +6,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.chat_helpers import CHAT, deploy, widget_chat, widget_socket
+from tests.chat_helpers import CHAT, closed, deploy, widget_socket
 from tests.conftest import Client, RunningServer, sign_up
 from tests.org_helpers import build_team, remove
 from tests.test_live_feed import LiveFeed, error_codes, in_process
@@ -52,10 +52,18 @@ async def _open_widget_then_change(
         return await _next_answer_codes(ws, "after")
 
 
-async def test_a_rotated_key_stops_an_open_widget(
+async def test_a_rotated_key_closes_an_open_widget(
     client: Client, server: RunningServer, http: aiohttp.ClientSession
 ) -> None:
-    assert await _open_widget_then_change(client, server, http, ROTATE, {}) == ["FORBIDDEN"]
+    account = await sign_up(client)
+    deployed = await deploy(client, account)
+    async with widget_socket(http, server, deployed.project_key) as ws:
+        assert await _next_answer_codes(ws, "before") == []
+        rotated = await client.execute(
+            ROTATE, {"id": deployed.project_id}, token=account.access_token
+        )
+        assert rotated.errors == []
+        assert await closed(ws) == (4403, "This project key is no longer valid.")
 
 
 async def test_a_removed_origin_stops_an_open_widget(
@@ -79,6 +87,7 @@ async def test_a_removed_editor_stops_receiving_the_live_feed(
             client, team.owner.access_token, team.organization_id, team.editor.user_id
         )
         assert removed.errors == []
-        await widget_chat(http, server, deployed.project_key, "private question")
-        frame = await feed.frame()
-        assert error_codes(frame) == ["NOT_FOUND"], frame
+        assert await closed(feed.ws) == (
+            4403,
+            "Your membership of this organization was removed.",
+        )

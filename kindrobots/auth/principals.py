@@ -26,6 +26,8 @@ class UserActor:
     session_id: uuid.UUID
     roles: Mapping[uuid.UUID, Role] = field(default_factory=dict)
     ip: str | None = None
+    # Organizations of ``roles`` that staff suspended: members are told so, not let in.
+    suspended: frozenset[uuid.UUID] = frozenset()
 
     @property
     def name(self) -> str:

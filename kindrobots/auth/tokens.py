@@ -2,7 +2,10 @@
 
 Access tokens are asymmetric so that any service can verify them from
 ``/.well-known/jwks.json`` without holding a secret. Every configured signing key
-stays valid for verification; only the first signs, which is how keys rotate.
+stays valid for verification; only the first signs. ``KR_SIGNING_KEYS`` is the set
+until ``kindrobots keys rotate-signing`` moves it into the database
+(:mod:`kindrobots.auth.signing_keys`), from where every instance loads it
+(:meth:`TokenSigner.replace`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
@@ -23,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from kindrobots.config import Key
+from kindrobots.security.crypto import KeyRing
 
 AUDIENCE = "kindrobots"
 ALGORITHM = "EdDSA"
@@ -39,17 +43,55 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+@dataclass(frozen=True)
+class KeySet:
+    """Signing keys as one value, swapped in one assignment: ``active`` signs, every key
+    verifies until its ``retires_at`` (after which no token it signed is still valid)."""
+
+    active: str
+    private: dict[str, Ed25519PrivateKey]
+    public: dict[str, Ed25519PublicKey]
+    retires_at: dict[str, datetime]
+
+    @classmethod
+    def of(cls, keys: tuple[Key, ...], retires_at: dict[str, datetime] | None = None) -> KeySet:
+        """``keys[0]`` signs."""
+        private = {key.kid: Ed25519PrivateKey.from_private_bytes(key.material) for key in keys}
+        public = {kid: key.public_key() for kid, key in private.items()}
+        return cls(keys[0].kid, private, public, retires_at or {})
+
+
 class TokenSigner:
-    def __init__(self, keys: tuple[Key, ...], issuer: str, ttl: timedelta) -> None:
-        self._private = {
-            key.kid: Ed25519PrivateKey.from_private_bytes(key.material) for key in keys
-        }
-        self._public: dict[str, Ed25519PublicKey] = {
-            kid: private.public_key() for kid, private in self._private.items()
-        }
-        self._active = keys[0].kid
+    def __init__(
+        self,
+        keys: tuple[Key, ...],
+        issuer: str,
+        ttl: timedelta,
+        keyring: KeyRing | None = None,
+    ) -> None:
+        self._keys = KeySet.of(keys)
+        self.seed = keys
         self.issuer = issuer
         self.ttl = ttl
+        # Opens the private keys stored in the database; without one, the seed is the set.
+        self.keyring = keyring
+        # When the set was last read from the database (monotonic seconds), or never.
+        self.refreshed_at: float | None = None
+
+    @property
+    def active_kid(self) -> str:
+        return self._keys.active
+
+    def replace(self, keys: KeySet) -> None:
+        self._keys = keys
+
+    def knows(self, token: str) -> bool:
+        """Whether the token names a key of the current set (an unknown one may be newer)."""
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError:
+            return True  # malformed: reading the key set again cannot help
+        return isinstance(kid, str) and kid in self._keys.public
 
     def issue(
         self, user_id: uuid.UUID, session_id: uuid.UUID, now: datetime
@@ -64,11 +106,12 @@ class TokenSigner:
             "exp": int(expires_at.timestamp()),
             "jti": secrets.token_urlsafe(12),
         }
+        keys = self._keys
         token = jwt.encode(
             claims,
-            self._private[self._active],
+            keys.private[keys.active],
             algorithm=ALGORITHM,
-            headers={"kid": self._active, "typ": "at+jwt"},
+            headers={"kid": keys.active, "typ": "at+jwt"},
         )
         return token, expires_at
 
@@ -76,7 +119,7 @@ class TokenSigner:
         """The claims of a valid token, or None for anything else (never raises)."""
         try:
             kid = jwt.get_unverified_header(token).get("kid")
-            key = self._public.get(kid) if isinstance(kid, str) else None
+            key = self._keys.public.get(kid) if isinstance(kid, str) else None
             if key is None:
                 return None
             claims: dict[str, Any] = jwt.decode(
@@ -95,7 +138,10 @@ class TokenSigner:
         except (jwt.PyJWTError, ValueError, TypeError):
             return None
 
-    def jwks(self) -> dict[str, list[dict[str, str]]]:
+    def jwks(self, now: datetime | None = None) -> dict[str, list[dict[str, str]]]:
+        """The public keys that still verify as of ``now``: retired ones are left out."""
+        now = now or datetime.now(UTC)
+        keys = self._keys
         return {
             "keys": [
                 {
@@ -106,7 +152,8 @@ class TokenSigner:
                     "kid": kid,
                     "x": _b64url(key.public_bytes(Encoding.Raw, PublicFormat.Raw)),
                 }
-                for kid, key in self._public.items()
+                for kid, key in keys.public.items()
+                if kid not in keys.retires_at or keys.retires_at[kid] > now
             ]
         }
 

@@ -6,19 +6,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kindrobots.auth.principals import WidgetActor
 from kindrobots.db.enums import AccessMode
-from kindrobots.db.models import Project
+from kindrobots.db.models import Organization, Project
 from kindrobots.errors import Forbidden, Unauthenticated
 from kindrobots.security.jwks import InvalidToken, JwksCache, verify_end_user
 from kindrobots.security.origins import origin_allowed
 
 UNAUTHORIZED = 4401
 FORBIDDEN = 4403
+# Said to the suspended party itself, so that it knows why (sessions say it to members).
+ORGANIZATION_SUSPENDED = "This organization is suspended."
 MAX_CLOSE_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes
 
 
@@ -28,10 +31,12 @@ class WidgetRejected(Exception):
     The reason names the failed check, never the key or the token.
     """
 
-    def __init__(self, close_code: int, reason: str) -> None:
+    def __init__(self, close_code: int, reason: str, public: str | None = None) -> None:
         super().__init__(reason)
         self.close_code = close_code
         self.reason = reason
+        # What an HTTP caller is told instead of the generic refusal (a suspension).
+        self.public = public
 
     def close_reason(self) -> bytes:
         """The reason as a WebSocket close reason: UTF-8, cut to fit a close frame."""
@@ -40,7 +45,7 @@ class WidgetRejected(Exception):
 
     def as_error(self) -> Forbidden | Unauthenticated:
         if self.close_code == FORBIDDEN:
-            return Forbidden("This project key or origin is not allowed.")
+            return Forbidden(self.public or "This project key or origin is not allowed.")
         return Unauthenticated("The end-user token was refused.")
 
 
@@ -66,11 +71,18 @@ async def authenticate_widget(
     if not isinstance(project_key, str) or not project_key.startswith("pk_"):
         raise WidgetRejected(FORBIDDEN, "missing or malformed project key")
     async with read() as session:
-        project = await session.scalar(
-            select(Project).where(Project.publishable_key == project_key[:64])
-        )
-    if project is None:
+        found = (
+            await session.execute(
+                select(Project, Organization.suspended_at)
+                .join(Organization, Organization.id == Project.organization_id)
+                .where(Project.publishable_key == project_key[:64])
+            )
+        ).first()
+    if found is None:
         raise WidgetRejected(FORBIDDEN, "unknown project key")
+    project, suspended_at = found
+    if suspended_at is not None:
+        raise WidgetRejected(FORBIDDEN, ORGANIZATION_SUSPENDED, ORGANIZATION_SUSPENDED)
     if (origin is not None or browser_only) and not origin_allowed(
         origin, list(project.allowed_origins)
     ):
@@ -99,10 +111,14 @@ async def authenticate_widget(
     )
 
 
-def still_allowed(actor: WidgetActor, project: Project | None) -> None:
+def still_allowed(
+    actor: WidgetActor, project: Project | None, suspended_at: datetime | None = None
+) -> None:
     """What was true when the widget connected must still be true for this message."""
     if project is None or project.publishable_key != actor.project_key:
         raise Forbidden("This project key is no longer valid.")
+    if suspended_at is not None:
+        raise Forbidden(ORGANIZATION_SUSPENDED)
     if actor.origin is not None and not origin_allowed(actor.origin, list(project.allowed_origins)):
         raise Forbidden("This site is no longer allowed to use this chat.")
     if project.access_mode == AccessMode.AUTHENTICATED.value and actor.end_user is None:

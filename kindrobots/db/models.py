@@ -75,6 +75,9 @@ class User(Base):
     display_name: Mapped[str] = mapped_column(String(100))
     password_hash: Mapped[str] = mapped_column(String(255))
     is_staff: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Set by staff containment (resolvers.containment): every call of the user is refused.
+    suspended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    suspended_reason: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -90,6 +93,9 @@ class Organization(Base):
     # Starter limits apply (billing.plans.effective_tier). Written by resolvers.billing.
     tier: Mapped[str] = mapped_column(String(16), default="STARTER")
     tier_grace_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Set by staff containment: the organization's members and widgets are refused.
+    suspended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    suspended_reason: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Conversations idle longer than this many days are purged by ``kindrobots retention
     # run`` (resolvers.data_rights); NULL keeps them.
@@ -453,3 +459,22 @@ class SignInThrottle(Base):
     failures: Mapped[int] = mapped_column(Integer, default=0)
     last_failure_at: Mapped[datetime] = mapped_column(UTCDateTime)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class SigningKey(Base):
+    """A key that signs (``retires_at`` empty, the newest signs) or still verifies session
+    tokens, shared by every instance; the private key is sealed with the KeyRing.
+
+    Empty until the first ``kindrobots keys rotate-signing``, which seeds it with
+    ``KR_SIGNING_KEYS``: from then on this table is the key set.
+    """
+
+    __tablename__ = "signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(64))
+    nonce: Mapped[bytes] = mapped_column(LargeBinary(12))
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # After this the tokens it signed have all expired: it leaves the JWKS.
+    retires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

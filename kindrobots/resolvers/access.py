@@ -10,6 +10,7 @@ from sqlalchemy import ColumnElement, Select, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kindrobots.auth.principals import UserActor
+from kindrobots.auth.widgets import ORGANIZATION_SUSPENDED
 from kindrobots.db import locks
 from kindrobots.db.enums import Role
 from kindrobots.db.models import (
@@ -31,11 +32,13 @@ def require_role(actor: UserActor, organization_id: uuid.UUID, role: Role) -> Ro
     """The actor's role in the organization, if at least ``role``.
 
     Outsiders get NOT_FOUND, exactly as for an organization that does not exist;
-    members below ``role`` get FORBIDDEN.
+    members below ``role`` get FORBIDDEN, and so does every member of a suspended one.
     """
     held = actor.roles.get(organization_id)
     if held is None:
         raise NotFound()
+    if organization_id in actor.suspended:
+        raise Forbidden(ORGANIZATION_SUSPENDED)
     if not held.at_least(role):
         raise Forbidden()
     return held

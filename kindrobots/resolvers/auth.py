@@ -16,9 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kindrobots.auth.passwords import hash_password, needs_upgrade, verify_password
 from kindrobots.auth.principals import UserActor
+from kindrobots.auth.sessions import ACCOUNT_SUSPENDED
 from kindrobots.auth.tokens import TokenSigner, hash_token, new_opaque_token
 from kindrobots.db.models import AuthSession, RefreshToken, User
-from kindrobots.errors import Conflict, Unauthenticated
+from kindrobots.errors import Conflict, Forbidden, Unauthenticated
 from kindrobots.resolvers import lockout, security_events, validation
 from kindrobots.resolvers.organizations import insert_organization
 from kindrobots.security.redaction import register_secret
@@ -124,7 +125,10 @@ async def sign_in(
     user: User,
     upgraded_hash: str | None,
 ) -> SignedIn:
-    """A new session for a user whose password :func:`check_password` accepted."""
+    """A new session for a user whose password :func:`check_password` accepted; a
+    suspended account is told so (staff suspended it: there is nothing to guess)."""
+    if user.suspended_at is not None:
+        raise Forbidden(ACCOUNT_SUSPENDED)
     user = await session.merge(user, load=False)
     await lockout.reset(session, user)
     if upgraded_hash:
@@ -184,6 +188,8 @@ async def refresh_session(
     stored, auth_session, user = row
     if auth_session.revoked_at is not None or auth_session.expires_at <= now:
         raise Unauthenticated(INVALID_REFRESH)
+    if user.suspended_at is not None:
+        raise Forbidden(ACCOUNT_SUSPENDED)
     spent = await session.execute(
         update(RefreshToken)
         .where(RefreshToken.id == stored.id, RefreshToken.used_at.is_(None))
@@ -216,8 +222,9 @@ async def _revoke(
 
 async def sign_out(
     session: AsyncSession, actor: UserActor | None, now: datetime, refresh_cookie: str | None
-) -> bool:
-    """End this session (found by access token or refresh cookie); idempotent."""
+) -> uuid.UUID | None:
+    """End this session (found by access token or refresh cookie); idempotent. Returns
+    the session, for its open connections to be closed."""
     session_id = actor.session_id if actor else None
     if session_id is None and refresh_cookie:
         session_id = await session.scalar(
@@ -227,7 +234,7 @@ async def sign_out(
         )
     if session_id is not None:
         await _revoke(session, AuthSession.id == session_id, now, "sign_out")
-    return True
+    return session_id
 
 
 async def sign_out_everywhere(session: AsyncSession, actor: UserActor, now: datetime) -> bool:

@@ -91,6 +91,7 @@ async def load_target(
                 Project,
                 Organization.tier,
                 Organization.tier_grace_until,
+                Organization.suspended_at,
                 Agent,
                 LlmCredential,
                 ManifestVersion,
@@ -111,8 +112,8 @@ async def load_target(
             .order_by(AgentManifest.position)
         )
     ).all()
-    still_allowed(actor, rows[0][0] if rows else None)
-    project, tier, grace_until, agent, credential, _ = rows[0]
+    still_allowed(actor, rows[0][0] if rows else None, rows[0][3] if rows else None)
+    project, tier, grace_until, _, agent, credential, _ = rows[0]
     manifests = [
         (list(version.servers), list(version.operations))
         for *_, version in rows

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kindrobots.auth.principals import Actor, UserActor
 from kindrobots.auth.tokens import hash_token, new_opaque_token
+from kindrobots.auth.widgets import ORGANIZATION_SUSPENDED
 from kindrobots.billing.plans import Tier, effective_tier, plan_for
 from kindrobots.config import Settings
 from kindrobots.db.enums import Role
@@ -94,6 +95,8 @@ async def get_organization(
     )
     if organization is None:
         raise NotFound()
+    if organization.suspended_at is not None:
+        raise Forbidden(ORGANIZATION_SUSPENDED)
     return organization
 
 

@@ -35,6 +35,7 @@ from kindrobots.schema.node import NodeQuery
 from kindrobots.schema.organizations import OrganizationMutation, OrganizationQuery
 from kindrobots.schema.permissions import check_sources
 from kindrobots.schema.projects import ProjectMutation
+from kindrobots.schema.staff import StaffMutation
 from kindrobots.security.documents import (
     NOT_TRUSTED,
     DocumentCache,
@@ -57,6 +58,7 @@ Mutation = merge_types(
         ChatMutation,
         BillingMutation,
         DataRightsMutation,
+        StaffMutation,
     ),
 )
 Subscription = merge_types("Subscription", (ChatSubscription,))

@@ -11,7 +11,7 @@ from strawberry.scalars import JSON
 from kindrobots.auth.principals import UserActor
 from kindrobots.db.models import SecurityEvent as SecurityEventRow
 from kindrobots.errors import BadUserInput, Conflict, RateLimited, Unauthenticated
-from kindrobots.resolvers import auth, lockout, organizations, security_events
+from kindrobots.resolvers import auth, containment, lockout, organizations, security_events
 from kindrobots.schema.base import Info
 from kindrobots.schema.directives import RateLimit, RateLimitKey
 from kindrobots.schema.organizations import MembershipType
@@ -178,12 +178,14 @@ class AuthMutation:
     async def sign_out(self, info: Info) -> bool:
         caller = info.context.caller
         async with info.context.services.write() as session:
-            await auth.sign_out(
+            ended = await auth.sign_out(
                 session,
                 caller if isinstance(caller, UserActor) else None,
                 info.now(),
                 info.context.refresh_cookie,
             )
+        if ended is not None:
+            await containment.announce(info.context.services.broker, containment.signed_out(ended))
         info.context.clear_session_cookies()
         return True
 
@@ -191,5 +193,8 @@ class AuthMutation:
     async def sign_out_everywhere(self, info: Info) -> bool:
         async with info.context.services.write() as session:
             await auth.sign_out_everywhere(session, signed_in(info), info.now())
+        await containment.announce(
+            info.context.services.broker, containment.signed_out_everywhere(signed_in(info).user.id)
+        )
         info.context.clear_session_cookies()
         return True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from kindrobots.auth.principals import UserActor, WidgetActor
+from kindrobots.auth.principals import StaffActor, UserActor, WidgetActor
 from kindrobots.db.enums import Role
 from kindrobots.resolvers.chat import ChatTarget
 
@@ -24,4 +24,4 @@ class WidgetGrant:
     target: ChatTarget
 
 
-Grant = RoleGrant | WidgetGrant | UserActor
+Grant = RoleGrant | WidgetGrant | UserActor | StaffActor

@@ -17,6 +17,7 @@ from kindrobots.resolvers import (
     audit,
     billing,
     chat,
+    containment,
     credentials,
     manifests,
     organizations,
@@ -364,11 +365,13 @@ class OrganizationMutation:
         self, info: Info, organization_id: strawberry.ID, user_id: strawberry.ID
     ) -> bool:
         grant = granted(info)
+        member = from_global_id(user_id, "User")
         async with info.context.services.write() as session:
-            return await organizations.remove_member(
-                session,
-                grant.actor,
-                info.now(),
-                grant.organization_id,
-                from_global_id(user_id, "User"),
+            removed = await organizations.remove_member(
+                session, grant.actor, info.now(), grant.organization_id, member
             )
+        await containment.announce(
+            info.context.services.broker,
+            containment.member_removed(grant.organization_id, member),
+        )
+        return removed

@@ -28,7 +28,7 @@ from strawberry.permission import BasePermission, PermissionExtension
 from strawberry.types.base import StrawberryObjectDefinition, get_object_definition
 from strawberry.types.field import StrawberryField
 
-from kindrobots.auth.principals import UserActor, WidgetActor
+from kindrobots.auth.principals import StaffActor, UserActor, WidgetActor
 from kindrobots.db.enums import Role
 from kindrobots.errors import Forbidden, Unauthenticated
 from kindrobots.ids import from_global_id
@@ -72,6 +72,12 @@ def signed_in(info: Info) -> UserActor:
     actor = grant.actor if isinstance(grant, RoleGrant) else grant
     assert isinstance(actor, UserActor), "the field declares no user permission"
     return actor
+
+
+def staff_caller(info: Info) -> StaffActor:
+    """The staff member behind a field declared ``staff()``."""
+    assert isinstance(info.grant, StaffActor), "the field is not declared for staff"
+    return info.grant
 
 
 def widget(info: Info) -> WidgetGrant:
@@ -217,6 +223,21 @@ class IsAuthenticated(BasePermission):
         return True
 
 
+class IsStaff(BasePermission):
+    """A signed-in user with the platform flag (set only by ``kindrobots staff grant``),
+    acting as staff: the grant is a :class:`StaffActor`, audited as such."""
+
+    async def has_permission(
+        self, source: Any, info: strawberry.Info[Any, Any], **kwargs: Any
+    ) -> bool:
+        info = _info(info)
+        actor = user_caller(info)
+        if not actor.user.is_staff:
+            raise Forbidden("This needs Kind Robots staff.")
+        info.grant = StaffActor(actor.user.id, actor.user.email, actor.ip)
+        return True
+
+
 class IsWidget(BasePermission):
     """A widget or API client whose project still admits it. Every widget field chats, so
     the project is read with what a message needs (one statement): the chat target."""
@@ -244,6 +265,10 @@ def requires(role: Role, organization: OrganizationSource) -> list[FieldExtensio
 
 def authenticated() -> list[FieldExtension]:
     return [PermissionExtension(permissions=[IsAuthenticated()], use_directives=False)]
+
+
+def staff() -> list[FieldExtension]:
+    return [PermissionExtension(permissions=[IsStaff()], use_directives=False)]
 
 
 def widgets() -> list[FieldExtension]:

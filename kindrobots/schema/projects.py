@@ -11,7 +11,7 @@ from kindrobots.db import models
 from kindrobots.db.enums import AccessMode, Role
 from kindrobots.errors import NotFound
 from kindrobots.ids import from_global_id, to_global_id
-from kindrobots.resolvers import projects
+from kindrobots.resolvers import containment, projects
 from kindrobots.resolvers.projects import CLEARABLE, ProjectFields
 from kindrobots.schema.agents import AgentType
 from kindrobots.schema.base import Info, Node, given, is_cleared
@@ -155,6 +155,8 @@ class ProjectMutation:
                 grant.organization_id,
                 from_global_id(id, "Project"),
             )
+        # Widgets holding the old key are closed on every instance, not at their next message.
+        await containment.announce(info.context.services.broker, containment.key_rotated(row.id))
         return ProjectType.from_row(row)
 
     @strawberry.mutation(extensions=requires(Role.EDITOR, ObjectArgument("id", "Project")))

@@ -10,7 +10,9 @@ load balancer spreads them.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from kindrobots.security.ratelimit import address_key
 
@@ -50,3 +52,51 @@ class ConnectionLimits:
             if self._open[key] <= 0:
                 del self._open[key]
         slot.keys.clear()
+
+
+class Closable(Protocol):
+    async def close(self, *, code: int = ..., message: bytes = ...) -> bool: ...
+
+
+class LiveConnections:
+    """This instance's open WebSockets, indexed by ``user:``, ``session:``,
+    ``organization:`` and ``project:`` keys, so that containment closes them at once.
+
+    One dict entry per index key a connection is under, and one for the connection
+    itself: nothing per connection runs. Keys are shared, so a thousand widgets of one
+    project cost one index entry each, not one dict each.
+    """
+
+    def __init__(self) -> None:
+        self._index: dict[str, dict[Closable, None]] = {}
+        self._keys: dict[Closable, tuple[str, ...]] = {}
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, connection: Closable, keys: Iterable[str]) -> None:
+        """Index ``connection`` under ``keys`` (in addition to any it is under already)."""
+        known = self._keys.get(connection, ())
+        fresh = tuple(key for key in dict.fromkeys(keys) if key not in known)
+        for key in fresh:
+            self._index.setdefault(key, {})[connection] = None
+        self._keys[connection] = known + fresh
+
+    def remove(self, connection: Closable) -> None:
+        for key in self._keys.pop(connection, ()):
+            members = self._index.get(key)
+            if members is not None:
+                members.pop(connection, None)
+                if not members:
+                    del self._index[key]
+
+    def matching(self, match: Iterable[Iterable[str]]) -> list[Closable]:
+        """Connections indexed under every key of at least one of ``match``."""
+        found: dict[Closable, None] = {}
+        for keys in match:
+            first, *rest = [*keys] or [""]
+            for connection in self._index.get(first, {}):
+                held = self._keys[connection]
+                if all(key in held for key in rest):
+                    found[connection] = None
+        return list(found)

@@ -23,7 +23,7 @@ SETTINGS = {f"KR_{name.upper()}": name for name in Settings.model_fields}
 
 def env_example() -> dict[str, str]:
     lines = (ROOT / ".env.example").read_text().splitlines()
-    found = [match.groups() for line in lines if (match := ENV_LINE.match(line))]
+    found = [(match.group(1), match.group(2)) for line in lines if (match := ENV_LINE.match(line))]
     names = [name for name, _ in found]
     assert len(names) == len(set(names)), "a variable is listed twice"
     return dict(found)

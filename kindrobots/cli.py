@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import socket
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -67,6 +69,22 @@ def _causes(error: BaseException) -> Iterator[BaseException]:
             current = current.__cause__ or current.__context__
 
 
+NETWORK_ERRNOS = frozenset(
+    (errno.ECONNREFUSED, errno.ECONNRESET, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT)
+)
+
+
+def _network_error(error: BaseException) -> bool:
+    """A connection that could not be made or was lost; not a file a command could not
+    write, which is an OSError too."""
+    if isinstance(error, ConnectionError | TimeoutError | socket.gaierror):
+        return True
+    if not isinstance(error, OSError):
+        return False
+    # asyncio's "Multiple exceptions: …" when every address of a host name failed.
+    return error.errno in NETWORK_ERRNOS or (type(error) is OSError and error.errno is None)
+
+
 def backing_failure(settings: Settings, error: BaseException) -> CliError | None:
     """The one line for a database or Redis that cannot serve the command, or None for
     anything else (a bug, whose traceback is wanted). URLs are shown without credentials."""
@@ -75,7 +93,7 @@ def backing_failure(settings: Settings, error: BaseException) -> CliError | None
 
     causes = list(_causes(error))
     database = f"the database at {display_url(settings.database_url)} (KR_DATABASE_URL)"
-    innermost = next((link for link in reversed(causes) if isinstance(link, OSError)), None)
+    innermost = next((link for link in reversed(causes) if _network_error(link)), None)
     reason = redact(str(innermost) or type(innermost).__name__)[:200] if innermost else None
     if any(
         isinstance(link, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError)

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import redis.exceptions
 from aiohttp import web
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from kindrobots.cli import Parser, parser
+from kindrobots.cli import Parser, backing_failure, parser
 from kindrobots.config import ConfigError, load_settings
 from kindrobots.db.migrate import upgrade
 from kindrobots.logs import configure_logging
@@ -341,3 +342,29 @@ async def test_readyz_is_503_while_the_database_is_behind(tmp_path: Path, postgr
                         "status": "ok",
                         "checks": {"database": "ok", "migrations": "ok"},
                     }
+
+
+def test_only_connection_failures_are_called_unreachable(tmp_path: Path) -> None:
+    settings = load_settings(
+        database_url=f"postgresql://kr:{SECRET}@db.internal:5432/kr?application_name={SECRET}",
+        redis_url=f"redis://:{SECRET}@cache.internal:6379/0",
+        data_dir=tmp_path,
+    )
+    refused = backing_failure(settings, ConnectionRefusedError(111, "Connect call failed"))
+    assert refused is not None
+    assert str(refused) == (
+        "cannot reach the database at postgresql+asyncpg://db.internal:5432/kr "
+        "(KR_DATABASE_URL): [Errno 111] Connect call failed"
+    )
+    assert backing_failure(settings, RuntimeError("a bug")) is None  # keeps its traceback
+    lost = redis.exceptions.ConnectionError("Error 111 connecting")
+    try:
+        raise RuntimeError("publish failed") from lost
+    except RuntimeError as error:
+        redis_down = backing_failure(settings, error)
+    assert redis_down is not None and str(redis_down).startswith(
+        "cannot reach Redis at redis://cache.internal:6379/0 (KR_REDIS_URL)"
+    )
+    # A file a command cannot write is an OSError too, but not an unreachable database.
+    assert backing_failure(settings, PermissionError(13, "Permission denied")) is None
+    assert SECRET not in str(refused) + str(redis_down)

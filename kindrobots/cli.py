@@ -1,21 +1,32 @@
-"""The ``kindrobots`` command: serve, migrate, schema, keys."""
+"""The ``kindrobots`` command: serve, migrate, schema, keys.
+
+Expected failures (a bad setting or argument, a database or Redis that cannot be reached,
+an unmigrated database, a port in use) end a command with one line on stderr and a
+non-zero exit, never a traceback: commands raise :class:`CliError`, and :func:`main`
+turns configuration and connection errors into one too.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import socket
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from importlib.metadata import version
+from typing import TYPE_CHECKING, NoReturn
 
-from sqlalchemy.exc import SQLAlchemyError
+import redis.exceptions
+from sqlalchemy.exc import DBAPIError
 
 from kindrobots.config import (
     ConfigError,
     Settings,
+    display_url,
     format_keys,
     generate_audit_key,
     generate_key,
@@ -23,7 +34,7 @@ from kindrobots.config import (
 )
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
     from kindrobots.context import Services
     from kindrobots.resolvers.containment import Closing
@@ -37,6 +48,102 @@ CONTAINMENT_COMMANDS = frozenset(
         ("org", "revoke-sessions"),
     }
 )
+
+
+class CliError(Exception):
+    """An expected failure of a command: :func:`main` prints ``kindrobots: <message>`` as
+    one line on stderr and exits with ``status`` (2 for configuration and usage, else 1).
+    The message must hold no secret: it is shown as it is."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# SQLSTATEs of a connection the server refused: class 28 (credentials), 3D000 (no such
+# database). Each is the operator's KR_DATABASE_URL to fix, not a bug to trace.
+REFUSED_CREDENTIALS, NO_SUCH_DATABASE = "28", "3D000"
+MAX_CAUSES = 8
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and what it wraps (a DBAPI error's driver error, causes, contexts)."""
+    seen: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in seen and len(seen) < MAX_CAUSES:
+        seen.append(current)
+        yield current
+        wrapped = current.orig if isinstance(current, DBAPIError) else None
+        if isinstance(wrapped, BaseException):
+            current = wrapped
+        else:
+            current = current.__cause__ or current.__context__
+
+
+NETWORK_ERRNOS = frozenset(
+    (errno.ECONNREFUSED, errno.ECONNRESET, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT)
+)
+
+
+def _network_error(error: BaseException) -> bool:
+    """A connection that could not be made or was lost; not a file a command could not
+    write, which is an OSError too."""
+    if isinstance(error, ConnectionError | TimeoutError | socket.gaierror):
+        return True
+    if not isinstance(error, OSError):
+        return False
+    # asyncio's "Multiple exceptions: …" when every address of a host name failed.
+    return error.errno in NETWORK_ERRNOS or (type(error) is OSError and error.errno is None)
+
+
+def backing_failure(settings: Settings, error: BaseException) -> CliError | None:
+    """The one line for a database or Redis that cannot serve the command, or None for
+    anything else (a bug, whose traceback is wanted). URLs are shown without credentials."""
+    from kindrobots.security.errors import is_unavailable
+    from kindrobots.security.redaction import redact
+
+    causes = list(_causes(error))
+    database = f"the database at {display_url(settings.database_url)} (KR_DATABASE_URL)"
+    innermost = next((link for link in reversed(causes) if _network_error(link)), None)
+    reason = redact(str(innermost) or type(innermost).__name__)[:200] if innermost else None
+    if any(
+        isinstance(link, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError)
+        for link in causes
+    ):
+        where = f"Redis at {display_url(settings.redis_url)} (KR_REDIS_URL)"
+        return CliError(f"cannot reach {where}: {reason or type(causes[-1]).__name__}")
+    for link in causes:
+        sqlstate = getattr(link, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith(REFUSED_CREDENTIALS):
+            return CliError(f"{database} refused the credentials it was given")
+        if sqlstate == NO_SUCH_DATABASE:
+            return CliError(f"{database} does not exist on that server")
+    if innermost is not None or is_unavailable(error):
+        return CliError(f"cannot reach {database}: {reason or type(causes[-1]).__name__}")
+    return None
+
+
+async def _check_migrated(engine: AsyncEngine) -> None:
+    """Refuse a database behind this code's migrations (the embedded one migrates itself)."""
+    from kindrobots.db.migrate import migration_state
+
+    async with engine.connect() as connection:
+        state = await migration_state(connection)
+    if state.behind:
+        raise CliError(state.describe())
+
+
+def _require_migrated(settings: Settings) -> None:
+    from kindrobots.db.engine import create_engine
+
+    async def run() -> None:
+        engine = create_engine(settings)
+        try:
+            await _check_migrated(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
 
 
 def _migrate(settings: Settings) -> None:
@@ -54,12 +161,17 @@ def _migrate(settings: Settings) -> None:
 
 
 def _serve(settings: Settings) -> None:
-    from kindrobots.server import run
+    from kindrobots.server import ListenError, run
 
     if settings.is_sqlite:
         # The embedded default needs no separate step: it creates and migrates its own file.
         _migrate(settings)
-    run(settings)
+    else:
+        _require_migrated(settings)
+    try:
+        run(settings)
+    except ListenError as error:
+        raise CliError(str(error)) from None
 
 
 def _audit_verify(settings: Settings) -> int:
@@ -157,10 +269,8 @@ async def _with_services(settings: Settings, job: Callable[[Services], Awaitable
 
     services = create_services(settings)
     try:
+        await _check_migrated(services.engine)
         return await job(services)
-    except (OSError, SQLAlchemyError) as exc:
-        sys.stderr.write(f"kindrobots: the database is unreachable ({type(exc).__name__})\n")
-        return 1
     finally:
         if services.stripe is not None:
             await services.stripe.close()
@@ -177,15 +287,13 @@ def _org_set_tier(settings: Settings, reference: str, tier_name: str) -> int:
     try:
         tier = Tier(tier_name.upper())
     except ValueError:
-        sys.stderr.write(f"kindrobots: unknown tier (one of {', '.join(t.value for t in Tier)})\n")
-        return 2
+        raise CliError(f"unknown tier (one of {', '.join(t.value for t in Tier)})", 2) from None
 
     async def job(services: Services) -> int:
         async with services.write() as session:
             organization = await billing.find_organization(session, reference)
             if organization is None:
-                sys.stderr.write("kindrobots: no such organization\n")
-                return 1
+                raise CliError("no such organization")
             changed = await billing.set_tier(session, CLI, datetime.now(UTC), organization.id, tier)
         sys.stdout.write(f"{organization.slug}: {tier.value}{'' if changed else ' (unchanged)'}\n")
         return 0
@@ -230,15 +338,13 @@ async def billing_sync(services: Services, reference: str | None = None) -> tupl
 
 def _billing_sync(settings: Settings, reference: str | None) -> int:
     if not settings.billing_enabled:
-        sys.stderr.write("kindrobots: billing is not configured (KR_STRIPE_SECRET_KEY)\n")
-        return 2
+        raise CliError("billing is not configured (KR_STRIPE_SECRET_KEY)", 2)
 
     async def job(services: Services) -> int:
         try:
             checked, changed, failed = await billing_sync(services, reference)
         except LookupError:
-            sys.stderr.write("kindrobots: no such organization\n")
-            return 1
+            raise CliError("no such organization") from None
         sys.stdout.write(f"checked {checked}, repaired {changed}, failed {failed}\n")
         return 1 if failed else 0
 
@@ -544,16 +650,18 @@ async def _user_action(
 
 
 def _containment_parsers(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
-    key_commands: argparse._SubParsersAction[argparse.ArgumentParser],
-    org_commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    commands: argparse._SubParsersAction[Parser],
+    key_commands: argparse._SubParsersAction[Parser],
+    org_commands: argparse._SubParsersAction[Parser],
 ) -> None:
     announce = " (audited; closes open connections on every instance through KR_REDIS_URL)"
-    key_commands.add_parser(
+    add_command(
+        key_commands,
         "rotate-signing",
-        help="sign session tokens with a new key on every instance; earlier keys verify "
+        "sign session tokens with a new key on every instance; earlier keys verify "
         "until their tokens expire (KR_ACCESS_TOKEN_TTL), then leave the JWKS. The first "
         "run moves KR_SIGNING_KEYS into the database (sealed with KR_ENCRYPTION_KEYS)",
+        SERVICES,
     )
     for name, text in (
         ("suspend", "refuse the organization's members and widgets until restored"),
@@ -561,7 +669,7 @@ def _containment_parsers(
         ("rotate-keys", "a new publishable key for every project"),
         ("revoke-sessions", "end every session of every member"),
     ):
-        command = org_commands.add_parser(name, help=text + announce)
+        command = add_command(org_commands, name, text + announce, SERVICES)
         command.add_argument("organization", help="organization ID, global ID or slug")
         if name == "suspend":
             command.add_argument("--reason", required=True, help="kept in the audit log")
@@ -572,15 +680,18 @@ def _containment_parsers(
         ("restore", "lift a suspension"),
         ("revoke-sessions", "end every session of the user"),
     ):
-        command = user_commands.add_parser(name, help=text + announce)
+        command = add_command(user_commands, name, text + announce, SERVICES)
         command.add_argument("user", help="email, user ID or global ID")
         if name == "suspend":
             command.add_argument("--reason", required=True, help="kept in the audit log")
     staff = commands.add_parser("staff", help="Kind Robots staff (the only way to grant it)")
     staff_commands = staff.add_subparsers(dest="staff_command", required=True)
     for name in ("grant", "revoke"):
-        command = staff_commands.add_parser(
-            name, help=f"{name} the platform staff flag (audited in the platform chain)"
+        command = add_command(
+            staff_commands,
+            name,
+            f"{name} the platform staff flag (audited in the platform chain)",
+            SERVICES,
         )
         command.add_argument("user", help="email, user ID or global ID")
 
@@ -597,45 +708,140 @@ def _keys_generate() -> None:
     sys.stdout.write(f"KR_AUDIT_KEY={generate_audit_key()}\n")
 
 
+COMMON = ("env", "data_dir", "log_level", "log_format")
+DATABASE = ("database_url", "database_ssl", "db_pool_size", "db_max_overflow", "db_pool_timeout")
+# Everything create_services reads: the commands that run business rules build them all.
+SERVICES = (
+    *DATABASE,
+    "redis_url",
+    "redis_max_connections",
+    "broker_reconnect_deadline",
+    "encryption_keys",
+    "signing_keys",
+    "audit_key",
+    "public_url",
+    "access_token_ttl",
+    "outbound_allow",
+    "max_feeds_per_user",
+    "max_feeds_per_organization",
+    "rate_limit_failure",
+    "stripe_secret_key",
+    "stripe_webhook_secret",
+    "stripe_api_base",
+)
+EVERY_SETTING = ("*",)
+
+
+def env_names(fields: tuple[str, ...]) -> list[str]:
+    """The KR_* variables of ``fields`` (Settings field names; ``*`` for all of them)."""
+    names = list(Settings.model_fields) if fields == EVERY_SETTING else [*COMMON, *fields]
+    unknown = [name for name in names if name not in Settings.model_fields]
+    if unknown:
+        raise LookupError(f"not settings: {', '.join(unknown)}")
+    return [f"KR_{name.upper()}" for name in dict.fromkeys(names)]
+
+
+class Parser(argparse.ArgumentParser):
+    """A usage error is one line too, naming the help to read."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (usage: {self.prog} --help)\n")
+
+
+def add_command(
+    commands: argparse._SubParsersAction[Parser],
+    name: str,
+    help: str,
+    reads: tuple[str, ...] | None,
+) -> Parser:
+    """A command whose --help ends with the KR_* settings it reads (``reads``: Settings
+    field names besides COMMON, EVERY_SETTING, or None for a command that loads none)."""
+    if reads is None:
+        epilog = "Reads no KR_* setting."
+    else:
+        epilog = (
+            f"Reads {', '.join(env_names(reads))} (environment or ./.env); every KR_* "
+            "variable is validated first. See README, Configuration."
+        )
+    command = commands.add_parser(name, help=help, description=help, epilog=epilog)
+    command.set_defaults(reads=reads)
+    return command
+
+
+def port_number(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a number from 0 to 65535") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError("must be a number from 0 to 65535")
+    return port
+
+
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="kindrobots", description="Kind Robots platform server.")
+    root = Parser(prog="kindrobots", description="Kind Robots platform server.")
+    root.add_argument("--version", action="version", version=f"kindrobots {version('kindrobots')}")
     commands = root.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run the HTTP and WebSocket server")
-    commands.add_parser("migrate", help="bring the database schema up to date")
-    commands.add_parser("schema", help="print the GraphQL schema (SDL)")
+    serve = add_command(commands, "serve", "run the HTTP and WebSocket server", EVERY_SETTING)
+    serve.add_argument("--host", help="listen address (instead of KR_HOST)")
+    serve.add_argument("--port", type=port_number, help="listen port (instead of KR_PORT)")
+    add_command(
+        commands, "migrate", "bring the database schema up to date", (*DATABASE, "audit_key")
+    )
+    add_command(commands, "schema", "print the GraphQL schema (SDL)", None)
     keys = commands.add_parser("keys", help="key management")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
-    key_commands.add_parser(
-        "generate", help="print fresh KR_ENCRYPTION_KEYS, KR_SIGNING_KEYS and KR_AUDIT_KEY"
+    add_command(
+        key_commands,
+        "generate",
+        "print fresh KR_ENCRYPTION_KEYS, KR_SIGNING_KEYS and KR_AUDIT_KEY",
+        None,
     )
-    rotate = key_commands.add_parser(
-        "rotate", help="re-encrypt every stored secret under the first KR_ENCRYPTION_KEYS key"
+    rotate = add_command(
+        key_commands,
+        "rotate",
+        "re-encrypt every stored secret under the first KR_ENCRYPTION_KEYS key",
+        SERVICES,
     )
     rotate.add_argument("--batch-size", type=int, default=100)
     audit = commands.add_parser("audit", help="audit log tools")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
-    audit_commands.add_parser("verify", help="check every audit hash chain and its sealed head")
+    add_command(
+        audit_commands,
+        "verify",
+        "check every audit hash chain and its sealed head",
+        (*DATABASE, "audit_key"),
+    )
     org = commands.add_parser("org", help="organization administration")
     org_commands = org.add_subparsers(dest="org_command", required=True)
-    set_tier = org_commands.add_parser("set-tier", help="grant a tier by hand (audited)")
+    set_tier = add_command(org_commands, "set-tier", "grant a tier by hand (audited)", SERVICES)
     set_tier.add_argument("organization", help="organization ID, global ID or slug")
     set_tier.add_argument("tier", help="STARTER, PROFESSIONAL or ENTERPRISE")
-    org_export = org_commands.add_parser(
-        "export", help="write the organization's data as a JSON archive (audited; KR_DATABASE_URL)"
+    org_export = add_command(
+        org_commands,
+        "export",
+        "write the organization's data as a JSON archive (audited)",
+        SERVICES,
     )
     org_export.add_argument("organization", help="organization ID, global ID or slug")
     org_export.add_argument("--output", help="file to write (default: standard output)")
     org_export.set_defaults(run=_org_export)
-    org_delete = org_commands.add_parser(
-        "delete", help="delete the organization and all its data for good (audited)"
+    org_delete = add_command(
+        org_commands,
+        "delete",
+        "delete the organization and all its data for good (audited)",
+        SERVICES,
     )
     org_delete.add_argument("organization", help="organization ID, global ID or slug")
     org_delete.add_argument(
         "--confirm", required=True, metavar="SLUG", help="the organization's slug, typed back"
     )
     org_delete.set_defaults(run=_org_delete)
-    org_end_user = org_commands.add_parser(
-        "delete-end-user", help="delete one end user's conversations by JWT subject (audited)"
+    org_end_user = add_command(
+        org_commands,
+        "delete-end-user",
+        "delete one end user's conversations by JWT subject (audited)",
+        SERVICES,
     )
     org_end_user.add_argument("organization", help="organization ID, global ID or slug")
     org_end_user.add_argument("subject", help="the end user's JWT subject")
@@ -643,18 +849,22 @@ def parser() -> argparse.ArgumentParser:
     org_end_user.set_defaults(run=_org_delete_end_user)
     retention = commands.add_parser("retention", help="conversation retention")
     retention_commands = retention.add_subparsers(dest="retention_command", required=True)
-    retention_run_parser = retention_commands.add_parser(
+    retention_run_parser = add_command(
+        retention_commands,
         "run",
-        help="purge conversations idle past each organization's conversationRetentionDays; "
-        "safe to run from cron on every instance at once (KR_DATABASE_URL)",
+        "purge conversations idle past each organization's conversationRetentionDays; "
+        "safe to run from cron on every instance at once",
+        SERVICES,
     )
     retention_run_parser.add_argument("--batch-size", type=int, default=500)
     retention_run_parser.set_defaults(run=_retention_run)
     incident = commands.add_parser("incident", help="incident response")
     incident_commands = incident.add_subparsers(dest="incident_command", required=True)
-    report = incident_commands.add_parser(
+    report = add_command(
+        incident_commands,
         "report",
-        help="what a breach notification needs (SECURITY_POLICY 8.3) for one organization",
+        "what a breach notification needs (SECURITY_POLICY 8.3) for one organization",
+        SERVICES,
     )
     report.add_argument("--org", dest="organization", required=True, help="ID or slug")
     report.add_argument("--since", required=True, help="window start (ISO-8601)")
@@ -664,37 +874,77 @@ def parser() -> argparse.ArgumentParser:
     report.set_defaults(run=_incident_report)
     billing = commands.add_parser("billing", help="Stripe billing tools")
     billing_commands = billing.add_subparsers(dest="billing_command", required=True)
-    sync = billing_commands.add_parser(
-        "sync", help="re-read subscriptions from Stripe and repair local state"
+    sync = add_command(
+        billing_commands,
+        "sync",
+        "re-read subscriptions from Stripe and repair local state",
+        (
+            *SERVICES,
+            "stripe_price_starter",
+            "stripe_price_professional",
+            "stripe_price_enterprise",
+            "billing_grace_days",
+        ),
     )
     sync.add_argument("--org", dest="organization", help="only this organization")
     _containment_parsers(commands, key_commands, org_commands)
     security = commands.add_parser("security", help="security events")
     security_commands = security.add_subparsers(dest="security_command", required=True)
-    security_commands.add_parser(
+    add_command(
+        security_commands,
         "purge",
-        help="delete security events older than KR_SECURITY_EVENT_RETENTION_DAYS and "
+        "delete security events older than KR_SECURITY_EVENT_RETENTION_DAYS and "
         "expired sign-in counters (KR_LOCKOUT_WINDOW); safe to run from cron on every instance",
+        (*SERVICES, "security_event_retention_days", "lockout_window", "lockout_seconds"),
     )
     return root
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except CliError as error:
+        # One line whatever the message holds: a supervisor shows the last line.
+        sys.stderr.write(f"kindrobots: {' '.join(str(error).splitlines())}\n")
+        return error.status
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        name: getattr(args, name)
+        for name in ("host", "port")
+        if getattr(args, name, None) is not None
+    }
+    try:
+        return load_settings(**overrides)
+    except ConfigError as error:
+        raise CliError(str(error), 2) from None
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "schema":
         _schema()
         return 0
     if args.command == "keys" and args.keys_command == "generate":
         _keys_generate()
         return 0
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        sys.stderr.write(f"kindrobots: {exc}\n")
-        return 2
+    settings = _settings(args)
     from kindrobots.logs import configure_logging
 
     configure_logging(settings)
+    try:
+        return _run(args, settings)
+    except CliError:
+        raise
+    except Exception as error:
+        failure = backing_failure(settings, error)
+        if failure is None:
+            raise
+        raise failure from None
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     if getattr(args, "run", None) is not None:
         result: int = args.run(settings, args)
         return result

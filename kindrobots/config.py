@@ -18,7 +18,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -282,11 +282,30 @@ class Settings(BaseSettings):
                 raise ValueError("each origin must be scheme://host[:port] without a path")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _postgres_aliases(cls, data: object) -> object:
+        """``postgres://`` and ``postgresql://`` (what hosting providers hand out) mean
+        asyncpg; their libpq ``sslmode``/``ssl`` parameter, which asyncpg would refuse as
+        a keyword, becomes KR_DATABASE_SSL."""
+        if isinstance(data, dict) and isinstance(data.get("database_url"), str):
+            url, ssl = normalize_database_url(data["database_url"])
+            data = {**data, "database_url": url}
+            if ssl is not None:
+                given = data.get("database_ssl")
+                if given and given != ssl:
+                    raise ValueError("KR_DATABASE_URL's sslmode contradicts KR_DATABASE_SSL")
+                data["database_ssl"] = ssl
+        return data
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
         if value and not value.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
-            raise ValueError("must start with postgresql+asyncpg:// or sqlite+aiosqlite://")
+            raise ValueError(
+                "must start with postgresql://, postgres://, postgresql+asyncpg:// "
+                "or sqlite+aiosqlite://"
+            )
         return value
 
     @field_validator("redis_url")
@@ -400,6 +419,48 @@ class Settings(BaseSettings):
         return self.is_production or not (self.public_url.startswith("http://") and local)
 
 
+POSTGRES_ALIASES = ("postgres://", "postgresql://", "postgresql+asyncpg://")
+SSL_PARAMETERS = ("sslmode", "ssl")
+
+
+def normalize_database_url(url: str) -> tuple[str, str | None]:
+    """(the asyncpg URL, the sslmode it carried or None) of a PostgreSQL URL; any other
+    URL unchanged. The scheme is replaced without parsing the rest, so a password with
+    URL-special characters stays exactly as it was written."""
+    scheme = next((alias for alias in POSTGRES_ALIASES if url.startswith(alias)), None)
+    if scheme is None:
+        return url, None
+    url = "postgresql+asyncpg://" + url[len(scheme) :]
+    base, sep, query = url.partition("?")
+    if not sep:
+        return url, None
+    kept, ssl = [], None
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name in SSL_PARAMETERS:
+            ssl = value
+        else:
+            kept.append((name, value))
+    return (f"{base}?{urlencode(kept)}" if kept else base), ssl
+
+
+def display_url(url: str | None) -> str | None:
+    """``url`` as a log line or an error may show it: scheme, host, port and path only;
+    no user, password or query (which may carry a password too)."""
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return f"{url.split(':', 1)[0]}://?"
+    if not host:  # SQLite files, Unix sockets: a path, and no credentials but in the query
+        return f"{parts.scheme}://{parts.path}"
+    if ":" in host:
+        host = f"[{host}]"
+    return urlunsplit((parts.scheme, host + port, parts.path, "", ""))
+
+
 def _is_loopback(host: str | None) -> bool:
     if not host:
         return False
@@ -486,7 +547,8 @@ def load_settings(**overrides: object) -> Settings:
         for error in exc.errors(include_input=False, include_url=False):
             message = str(error["msg"]).removeprefix("Value error, ")
             lines.append(f"{_env_name(error['loc'])}: {message}")
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+        # One line: an operator reads it on a terminal or in a supervisor's status.
+        raise ConfigError("invalid configuration: " + "; ".join(lines)) from None
 
     update: dict[str, object] = {}
     if not settings.database_url:

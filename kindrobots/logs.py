@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from contextvars import ContextVar
+from datetime import UTC, datetime
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -18,6 +20,10 @@ from kindrobots.config import Settings
 from kindrobots.security import redaction
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# The id of the HTTP request (or WebSocket connection) being served, for every line
+# logged while serving it: an errorId line can be found from the request's X-Request-ID.
+REQUEST_ID: ContextVar[str | None] = ContextVar("kindrobots_request_id", default=None)
 
 # C0 controls, DEL, C1 controls (NEL is U+0085) and the Unicode line and paragraph
 # separators: everything a terminal, an editor or a log shipper may treat as a line end.
@@ -61,13 +67,43 @@ class EscapingFormatter(logging.Formatter):
         return line
 
 
+class RequestIdFilter(logging.Filter):
+    """Stamps ``request_id`` on the records logged while a request is served (a record
+    that names its request itself, as the access log line does, keeps that one)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "request_id", None) is None:
+            request_id = REQUEST_ID.get()
+            if request_id is not None:
+                record.request_id = request_id
+        return True
+
+
+class TextFormatter(EscapingFormatter):
+    """The text line, with the request's id at its end when there is one."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        request_id = getattr(record, "request_id", None)
+        return f"{line} [request {request_id}]" if request_id else line
+
+
+class UtcJsonFormatter(JsonFormatter):
+    """JSON lines stamped in ISO-8601 UTC: log shippers parse it without a zone guess."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        stamp = datetime.fromtimestamp(record.created, UTC)
+        return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def configure_logging(settings: Settings) -> None:
     redaction.install()
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(redaction.RedactingFilter())
+    handler.addFilter(RequestIdFilter())
     if settings.json_logs:
         handler.setFormatter(
-            JsonFormatter(
+            UtcJsonFormatter(
                 "{asctime}{levelname}{name}{message}",
                 style="{",
                 rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
@@ -75,7 +111,7 @@ def configure_logging(settings: Settings) -> None:
             )
         )
     else:
-        handler.setFormatter(EscapingFormatter(TEXT_FORMAT))
+        handler.setFormatter(TextFormatter(TEXT_FORMAT))
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import hmac
 import logging
+import os
 import re
+import socket
 import uuid
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,7 +23,6 @@ from aiohttp.typedefs import Handler
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from graphql import GraphQLError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
-from sqlalchemy import text
 from strawberry.aiohttp.views import GraphQLView
 from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
@@ -36,10 +38,12 @@ from kindrobots.auth.widgets import UNAUTHORIZED, WidgetRejected, authenticate_w
 from kindrobots.billing.stripe_client import StripeGateway
 from kindrobots.broker.memory import MemoryBroker
 from kindrobots.broker.redis import RedisBroker
-from kindrobots.config import Settings
+from kindrobots.config import Settings, display_url
 from kindrobots.context import Cookie, RequestContext, Services
 from kindrobots.db.engine import create_engine, create_sessionmaker
+from kindrobots.db.migrate import migration_state
 from kindrobots.errors import Forbidden, PublicError, ServiceUnavailable
+from kindrobots.logs import REQUEST_ID
 from kindrobots.metrics import Metrics
 from kindrobots.metrics import reset as reset_metrics
 from kindrobots.metrics import use as use_metrics
@@ -67,6 +71,7 @@ from kindrobots.security.events import (
 from kindrobots.security.jwks import JwksCache
 from kindrobots.security.operation_limits import MAX_DOCUMENT_CHARS
 from kindrobots.security.ratelimit import MemoryLimiter, RedisLimiter
+from kindrobots.security.redaction import redact
 from kindrobots.security.transport import setup_transport, ssl_context_for
 from kindrobots.webhooks import add_webhook_routes
 from kindrobots.widget import add_widget_routes
@@ -113,6 +118,48 @@ UNAVAILABLE: web.RequestKey[bool] = web.RequestKey("graphql_unavailable", bool)
 WEBSOCKET: web.RequestKey[web.WebSocketResponse] = web.RequestKey(
     "graphql_websocket", web.WebSocketResponse
 )
+# The GraphQL operation names of a request (a batch has several), for its access log line.
+OPERATIONS: web.RequestKey[list[str]] = web.RequestKey("graphql_operations", list)
+REQUEST_ID_KEY: web.RequestKey[str] = web.RequestKey("request_id", str)
+REQUEST_ID_HEADER = "X-Request-ID"
+# A caller's X-Request-ID is kept when it is a plain token that is safe in a log line and a
+# header (a UUID, a proxy's trace id); anything else is replaced by one of ours.
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+GRAPHQL_NAME = re.compile(r"[_A-Za-z][_0-9A-Za-z]{0,99}")
+# The first operation of a document that names it, when the request gives no operationName:
+# comments first removed, so that a `# query Fake` cannot name it.
+FIRST_OPERATION = re.compile(r"\b(?:query|mutation|subscription)\s+([_A-Za-z][_0-9A-Za-z]{0,99})")
+COMMENT = re.compile(r"#[^\n\r]*")
+
+
+def request_id(request: web.BaseRequest) -> str:
+    """The request's id: its sane ``X-Request-ID``, else one generated, fixed at first use."""
+    known = request.get(REQUEST_ID_KEY)
+    if known is None:
+        given = request.headers.get(REQUEST_ID_HEADER, "")
+        known = given if SANE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        request[REQUEST_ID_KEY] = known
+    return known
+
+
+@web.middleware
+async def request_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every line logged while the request (or its WebSocket) is served carries its id."""
+    token = REQUEST_ID.set(request_id(request))
+    try:
+        return await handler(request)
+    finally:
+        REQUEST_ID.reset(token)
+
+
+def operation_name(request_data: GraphQLRequestData) -> str | None:
+    """The operation's name for the log: the request's ``operationName`` if it is a GraphQL
+    name, else the document's first named operation; never other client text."""
+    given = request_data.operation_name
+    if given is not None:
+        return given if GRAPHQL_NAME.fullmatch(given) else None
+    found = FIRST_OPERATION.search(COMMENT.sub("", request_data.query or ""))
+    return found.group(1) if found else None
 
 
 def _bearer(header: str | None) -> str | None:
@@ -193,6 +240,7 @@ async def _response_headers(request: web.Request, response: web.StreamResponse) 
     """No ``Server`` header naming aiohttp and Python versions, on any response; GraphQL
     answers are per caller and never cached."""
     response.headers.popall("Server", None)
+    response.headers[REQUEST_ID_HEADER] = request_id(request)
     if request.path == GRAPHQL_PATH and not isinstance(response, web.WebSocketResponse):
         response.headers.setdefault("Cache-Control", "no-store")
 
@@ -498,6 +546,9 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
         # run). Subscriptions are served over WebSocket only: that is where connections are
         # counted, limited and closed on containment (sign-out, rotated key, suspension).
         allowed = OperationType.from_http(request_adapter.method) - {OperationType.SUBSCRIPTION}
+        name = operation_name(request_data)
+        if name is not None:
+            request.setdefault(OPERATIONS, []).append(name)
         if not self.allow_queries_via_get and request_adapter.method == "GET":
             allowed = allowed - {OperationType.QUERY}
         try:
@@ -616,16 +667,29 @@ class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
 
 
 class AccessLogger(AbstractAccessLogger):
-    """Method, path and status only: query strings may carry GraphQL variables."""
+    """One line per request, its fields also as JSON keys. The path without its query
+    string, which may carry GraphQL variables or a key."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        operation = ",".join(request.get(OPERATIONS, ())) or None
+        identifier = request_id(request)
         self.logger.info(
-            "%s %s %s %s %.1fms",
+            "%s %s %s %s %.1fms%s",
             request.remote,
             request.method,
             request.path,
             response.status,
             time * 1000,
+            f" {operation}" if operation else "",
+            extra={
+                "remote": request.remote,
+                "method": request.method,
+                "path": redact(request.path),
+                "status": response.status,
+                "duration_ms": round(time * 1000, 1),
+                "operation": operation,
+                "request_id": identifier,
+            },
         )
 
 
@@ -636,10 +700,15 @@ async def healthz(_request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     checks: dict[str, str] = {}
+    reasons: list[str] = []
     try:
         async with services.engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
+            migrations = await migration_state(connection)
         checks["database"] = "ok"
+        # A database restored from an old backup, or code deployed before its migration.
+        checks["migrations"] = "behind" if migrations.behind else "ok"
+        if migrations.behind:
+            reasons.append(migrations.describe())
     except Exception:
         logger.warning("readiness: database unreachable", exc_info=True)
         checks["database"] = "unavailable"
@@ -651,9 +720,10 @@ async def readyz(request: web.Request) -> web.Response:
             logger.warning("readiness: redis unreachable", exc_info=True)
             checks["redis"] = "unavailable"
     ready = all(value == "ok" for value in checks.values())
-    return web.json_response(
-        {"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503
-    )
+    body: dict[str, object] = {"status": "ok" if ready else "unavailable", "checks": checks}
+    if reasons:
+        body["reason"] = "; ".join(reasons)
+    return web.json_response(body, status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -922,6 +992,7 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
     setup_transport(app, settings)
     app.middlewares.append(observe_requests)
     app.middlewares.append(graphql_request_errors)  # innermost: CORS still sees the answer
+    app.middlewares.insert(0, request_ids)  # outermost: the redirect's lines carry it too
     app.on_response_prepare.append(_response_headers)
     app.on_startup.append(_start_containment)
     app.on_shutdown.append(_stop_containment)
@@ -930,13 +1001,71 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
     return app
 
 
+class ListenError(Exception):
+    """The listen address cannot be bound: in use, not this machine's, or privileged."""
+
+
+LISTEN_ERRNOS = frozenset((errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES))
+
+
+def startup_fields(settings: Settings) -> dict[str, object]:
+    """What an operator checks first: mode, backing services (no credentials), URLs."""
+    scheme = "https" if settings.tls_cert else "http"
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    listen = f"{scheme}://{host}:{settings.port}"
+    return {
+        "mode": settings.env,
+        "database": display_url(settings.database_url),
+        "broker": display_url(settings.redis_url) or "in-process",
+        "public_url": settings.public_url,
+        "listen": listen,
+        "metrics": _metrics_location(settings, listen),
+    }
+
+
+def _metrics_location(settings: Settings, listen: str) -> str:
+    if settings.metrics_port is not None:
+        return f"http://127.0.0.1:{settings.metrics_port}/metrics (KR_METRICS_PORT)"
+    return f"{listen}/metrics ({'token' if settings.metrics_token else 'loopback only'})"
+
+
+def _announce(settings: Settings) -> Callable[[str], None]:
+    """run_app's ``print``, called once every site listens: the start-up log line, and
+    aiohttp's banner on a terminal only (text logs), never among JSON lines."""
+
+    def announce(banner: str) -> None:
+        fields = startup_fields(settings)
+        logger.info(
+            "kindrobots started: %s",
+            ", ".join(f"{name} {value}" for name, value in fields.items()),
+            extra={"event": "startup", **fields},
+        )
+        if not settings.json_logs:
+            print(banner, flush=True)
+
+    return announce
+
+
 def run(settings: Settings, **kwargs: Any) -> None:
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        shutdown_timeout=settings.shutdown_timeout,
-        access_log_class=AccessLogger,
-        ssl_context=ssl_context_for(settings),  # KR_TLS_CERT/KR_TLS_KEY; TLS 1.2 at least
-        **kwargs,
-    )
+    """Serve until SIGINT or SIGTERM; :class:`ListenError` when the address cannot be bound."""
+    try:
+        web.run_app(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            shutdown_timeout=settings.shutdown_timeout,
+            access_log_class=AccessLogger,
+            ssl_context=ssl_context_for(settings),  # KR_TLS_CERT/KR_TLS_KEY; TLS 1.2 at least
+            print=_announce(settings),
+            **kwargs,
+        )
+    except OSError as error:
+        if isinstance(error, socket.gaierror) or error.errno in LISTEN_ERRNOS:
+            # asyncio's own text repeats the address; the errno's is the reason alone.
+            gai = isinstance(error, socket.gaierror)
+            reason = (error.strerror if gai else None) or os.strerror(error.errno or 0)
+            raise ListenError(
+                f"cannot listen on {settings.host}:{settings.port} (KR_HOST/KR_PORT, "
+                f"--host/--port): {reason.lower()}"
+            ) from None
+        raise

@@ -68,15 +68,16 @@ def audit_verify(settings: Settings, cwd: Path) -> subprocess.CompletedProcess[s
 
 
 def kindrobots_env(settings: Mapping[str, str], *, port: int, data_dir: Path) -> dict[str, str]:
-    """The environment of one ``kindrobots`` process: development, text logs, ``settings``."""
-    return clean_env(
-        KR_ENV="development",
-        KR_HOST="127.0.0.1",
-        KR_PORT=str(port),
-        KR_DATA_DIR=str(data_dir),
-        KR_LOG_FORMAT="text",
-        **settings,
-    )
+    """The environment of one ``kindrobots`` process: development, text logs, ``settings``
+    (which may override any of them)."""
+    defaults = {
+        "KR_ENV": "development",
+        "KR_HOST": "127.0.0.1",
+        "KR_PORT": str(port),
+        "KR_DATA_DIR": str(data_dir),
+        "KR_LOG_FORMAT": "text",
+    }
+    return clean_env(**{**defaults, **settings})
 
 
 async def terminate(process: asyncio.subprocess.Process, grace: float) -> bool:
@@ -150,11 +151,17 @@ async def wait_ready(http: aiohttp.ClientSession, instance: Instance) -> None:
 
 @asynccontextmanager
 async def serve(
-    name: str, tmp: Path, settings: Mapping[str, str], *, cwd: Path | None = None
+    name: str,
+    tmp: Path,
+    settings: Mapping[str, str],
+    *,
+    cwd: Path | None = None,
+    args: Sequence[str] = (),
 ) -> AsyncIterator[Instance]:
     """A ``kindrobots serve`` process (not yet ready), stopped with SIGTERM on the way out.
 
-    It must stop within 30 s of SIGTERM; one that has to be killed fails the test.
+    ``args`` follow ``serve`` on its command line. It must stop within 30 s of SIGTERM; one
+    that has to be killed fails the test.
     """
     port = free_port()
     data_dir = tmp / name
@@ -167,6 +174,7 @@ async def serve(
             "-m",
             "kindrobots",
             "serve",
+            *args,
             env=env,
             cwd=cwd or tmp,
             stdout=output,

@@ -408,7 +408,7 @@ async def test_readyz_reports_redis_ok(tmp_path: Path, http: aiohttp.ClientSessi
     require_service("Redis", REDIS_URL, 6379)
     status, body = await readyz_with_redis(tmp_path, http, REDIS_URL)
     assert status == 200
-    assert body["checks"] == {"database": "ok", "redis": "ok"}
+    assert body["checks"] == {"database": "ok", "migrations": "ok", "redis": "ok"}
 
 
 async def test_readyz_is_503_when_redis_is_unreachable(

@@ -1,7 +1,7 @@
 """conversation retention per organization
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 
 ``organizations.conversation_retention_days`` (NULL keeps conversations) and the index
 the retention purge (``kindrobots retention run``) finds idle conversations by.
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

@@ -211,6 +211,10 @@ class Settings(BaseSettings):
     # Direct TLS (PEM files), both or neither; unset = plain HTTP, TLS at a proxy.
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Chat text deltas arriving within this many milliseconds (0 = each on its own) and up
+    # to this many characters travel as one ChatDelta (kindrobots.chat.coalesce).
+    chat_coalesce_ms: float = Field(default=10.0, ge=0, le=1000)
+    chat_coalesce_chars: int = Field(default=2048, ge=1, le=1_000_000)
 
     @field_validator("encryption_keys", "signing_keys", mode="before")
     @classmethod

@@ -18,11 +18,13 @@ import aiohttp
 import pytest
 import pytest_asyncio
 import strawberry
+from aiohttp import web
 from graphql import ExecutionResult, map_source_to_response_event, parse, validate
 from graphql.execution import Executor
 from strawberry.scalars import JSON
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
+from kindrobots.chat import providers
 from kindrobots.chat.coalesce import READ_AHEAD, coalesce
 from kindrobots.chat.providers import TextDelta
 from kindrobots.schema import build_schema
@@ -47,6 +49,7 @@ from tests.fake_llm import (
     subscribe_chat,
     wait_for_partial,
 )
+from tests.servers import serving
 
 WINDOW = 0.010
 
@@ -228,6 +231,44 @@ async def test_window_zero_passes_every_event_through() -> None:
     stream = coalesce(source.events(), window=0, max_chars=10)
     await source.send(TextDelta("a"), TextDelta("b"), Source.END)
     assert [event async for event in stream] == [TextDelta("a"), TextDelta("b")]
+
+
+# --- The provider's stream, split from whatever each read brings ----------------------
+
+SSE = (
+    'event: message_start\r\ndata: {"a": 1}\r\n\r\n'
+    "data: first line\ndata:second line\n\n"
+    ": a comment\n\n"
+    'data: {"text": "w\u00f6rld \u2028 \U0001f600"}\n\n'
+    "event: tail\ndata: no blank line at the end"
+).encode()
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 64, len(SSE)])
+async def test_server_sent_events_parse_the_same_however_the_bytes_arrive(size: int) -> None:
+    async def events(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for start in range(0, len(SSE), size):
+            await response.write(SSE[start : start + size])
+            await asyncio.sleep(0)  # separate reads, splitting lines and characters
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", events)
+    async with (
+        serving(app) as port,
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{port}/") as response,
+    ):
+        received = [pair async for pair in providers._sse_data(response)]
+    assert received == [
+        ("message_start", '{"a": 1}'),
+        ("", "first line\nsecond line"),
+        ("", '{"text": "w\u00f6rld \u2028 \U0001f600"}'),
+        ("tail", "no blank line at the end"),
+    ]
 
 
 # --- The fast path: frames equal to normal execution ---------------------------------

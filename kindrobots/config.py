@@ -232,6 +232,10 @@ class Settings(BaseSettings):
     # seconds, and at most this many rows of one kind per window; the rest only counted.
     security_event_throttle_seconds: int = Field(default=60, ge=1)
     security_event_throttle_rows: int = Field(default=100, ge=1)
+    # Chat text deltas arriving within this many milliseconds (0 = each on its own) and up
+    # to this many characters travel as one ChatDelta (kindrobots.chat.coalesce).
+    chat_coalesce_ms: float = Field(default=10.0, ge=0, le=1000)
+    chat_coalesce_chars: int = Field(default=2048, ge=1, le=1_000_000)
 
     @field_validator("encryption_keys", "signing_keys", mode="before")
     @classmethod

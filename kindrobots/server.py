@@ -28,6 +28,10 @@ from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.http.base import BaseRequestProtocol
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+)
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
@@ -258,7 +262,19 @@ def _apply_cookies(response: web.StreamResponse, settings: Settings, cookies: li
         )
 
 
+class TransportWSHandler(BaseGraphQLTransportWSHandler[RequestContext, None]):
+    """Strawberry's graphql-transport-ws handler, lighter on idle connections."""
+
+    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        await super().handle_connection_init(message)
+        # The timeout task is cancelled by now; kept, it would hold its cancellation and
+        # traceback for as long as the connection stays open (idle widgets: hours).
+        self.connection_init_timeout_task = None
+
+
 class KindRobotsGraphQLView(GraphQLView[RequestContext, None]):
+    graphql_transport_ws_handler_class = TransportWSHandler
+
     def __init__(self, services: Services) -> None:
         settings = services.settings
         schema = build_schema(settings)

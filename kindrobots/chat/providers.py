@@ -137,29 +137,50 @@ async def _sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str
     """(event, data) pairs of a server-sent event stream, within size and time caps.
 
     The per-read timeout alone would let a provider that trickles a byte a minute
-    hold a chat open forever, so the whole stream also has a deadline.
+    hold a chat open forever, so the whole stream also has a deadline. Lines are split
+    from whatever each read brings: a fast model's reply is thousands of short lines, and
+    reading them one by one costs more than relaying them.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + STREAM_DEADLINE
     received = 0
-    event, data = "", list[str]()
-    async for raw in response.content:
-        received += len(raw)
+    parser = _SseParser()
+    rest = b""
+    async for chunk in response.content.iter_any():
+        received += len(chunk)
         if received > MAX_STREAM_BYTES:
             raise ProviderError("The LLM provider's reply is too large.")
         if loop.time() > deadline:
             raise ProviderError("The LLM provider took too long to answer.")
-        line = raw.decode("utf-8").rstrip("\r\n")
-        if not line:
-            if data:
-                yield event, "\n".join(data)
-            event, data = "", []
-        elif line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-        elif line.startswith("event:"):
-            event = line[6:].strip()
-    if data:
-        yield event, "\n".join(data)
+        *lines, rest = (rest + chunk if rest else chunk).split(b"\n")
+        for item in parser.feed(lines):
+            yield item
+    for item in parser.feed([rest] if rest else []):
+        yield item
+    if parser.data:
+        yield parser.event, "\n".join(parser.data)
+
+
+class _SseParser:
+    """The field lines of server-sent events, gathered into (event, data) pairs."""
+
+    def __init__(self) -> None:
+        self.event = ""
+        self.data: list[str] = []
+
+    def feed(self, lines: list[bytes]) -> list[tuple[str, str]]:
+        complete: list[tuple[str, str]] = []
+        for raw in lines:
+            line = raw.decode("utf-8").rstrip("\r")
+            if not line:
+                if self.data:
+                    complete.append((self.event, "\n".join(self.data)))
+                self.event, self.data = "", []
+            elif line.startswith("data:"):
+                self.data.append(line[5:].removeprefix(" "))
+            elif line.startswith("event:"):
+                self.event = line[6:].strip()
+        return complete
 
 
 class _Streaming:

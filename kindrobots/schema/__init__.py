@@ -29,6 +29,7 @@ from kindrobots.schema.chat import ChatMutation, ChatSubscription
 from kindrobots.schema.credentials import CredentialMutation
 from kindrobots.schema.data_rights import DataRightsMutation
 from kindrobots.schema.directives import install_rate_limits
+from kindrobots.schema.events import EventExecutor
 from kindrobots.schema.manifests import ManifestMutation
 from kindrobots.schema.monitoring import OperationMetrics
 from kindrobots.schema.node import NodeQuery
@@ -192,6 +193,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
             partial(PublicErrors, hide_suggestions=production),
             partial(OperationLimitsExtension, limits=limits, signed_in=_signed_in, cache=cache),
         ],
+        execution_context_class=EventExecutor,  # known subscription events skip execution
         config=StrawberryConfig(
             info_class=Info,
             disable_field_suggestions=production,

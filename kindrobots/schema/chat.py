@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import strawberry
 from strawberry.scalars import JSON
 
+from kindrobots.chat.coalesce import coalesce
 from kindrobots.chat.providers import ProviderError, TextDelta, Usage
 from kindrobots.chat.runtime import ToolRun
 from kindrobots.context import Services
@@ -246,7 +247,14 @@ class ChatSubscription:
         directives=[RateLimit(limit=20, window=60, per=RateLimitKey.PROJECT, from_plan=True)],
     )
     async def chat(self, info: Info, input: ChatInput) -> AsyncGenerator[ChatEvent, None]:
-        events = _converse(info, input)
+        settings = info.context.services.settings
+        # Neighbouring text deltas leave as one ChatDelta: a frame and a result per delta
+        # cost more than the few characters they carry.
+        events = coalesce(
+            _converse(info, input),
+            window=settings.chat_coalesce_ms / 1000,
+            max_chars=settings.chat_coalesce_chars,
+        )
         # Strawberry closes this generator when the client leaves; the reply must see it.
         async with aclosing(events):
             async for event in events:

@@ -32,6 +32,7 @@ from kindrobots.schema.manifests import ManifestMutation
 from kindrobots.schema.node import NodeQuery
 from kindrobots.schema.organizations import OrganizationMutation, OrganizationQuery
 from kindrobots.schema.permissions import check_sources
+from kindrobots.schema.plain import PlainExecutionContext
 from kindrobots.schema.projects import ProjectMutation
 from kindrobots.security.documents import (
     NOT_TRUSTED,
@@ -186,6 +187,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
             partial(PublicErrors, hide_suggestions=production),
             partial(OperationLimitsExtension, limits=limits, signed_in=_signed_in, cache=cache),
         ],
+        execution_context_class=PlainExecutionContext,
         config=StrawberryConfig(
             info_class=Info,
             disable_field_suggestions=production,

@@ -25,12 +25,13 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import strawberry
 from graphql import (
     FieldNode,
     FragmentSpreadNode,
+    GraphQLBoolean,
     GraphQLField,
     GraphQLID,
     GraphQLLeafType,
@@ -205,14 +206,16 @@ def _build_completer(kind: GraphQLOutputType) -> Completer:
     return abstract
 
 
-@dataclass(frozen=True)
-class Step:
+class Step(NamedTuple):
     """One selected field of an object: where its value is and how to complete it."""
 
     name: str
     plan: Plan | None  # None: __typename
     fields: FieldDetailsList
     complete: Completer
+    # String, ID and Boolean values of this Python type are their own serialization:
+    # most of a page's fields, taken without a call.
+    native: type | None
 
 
 class PlainExecutionContext(StrawberryGraphQLCoreExecutionContext):
@@ -274,12 +277,18 @@ class PlainExecutionContext(StrawberryGraphQLCoreExecutionContext):
         if steps is None:
             raise _FALLBACK
         result: dict[str, Any] = {}
-        for step in steps:
-            plan = step.plan
+        for name, plan, fields_of, complete, native in steps:
             if plan is None:
-                result[step.name] = kind.name
+                result[name] = kind.name
+                continue
+            if plan.role is None and not plan.preloaded:
+                field_value = getattr(value, plan.attribute)
             else:
-                result[step.name] = step.complete(self, step.fields, self._value(plan, value))
+                field_value = self._value(plan, value)
+            if native is not None and type(field_value) is native:
+                result[name] = field_value
+            else:
+                result[name] = complete(self, fields_of, field_value)
         return result
 
 
@@ -294,14 +303,25 @@ def _steps(kind: GraphQLObjectType, grouped: Mapping[str, FieldDetailsList]) -> 
     for name, fields in grouped.items():
         field_name = fields[0].node.name.value
         if field_name == "__typename":
-            steps.append(Step(name, None, fields, _typename))
+            steps.append(Step(name, None, fields, _typename, None))
             continue
         definition = kind.fields.get(field_name)
         plan = _plan(definition) if definition is not None else None
         if definition is None or plan is None or not _plain_nodes(fields):
             return None
-        steps.append(Step(name, plan, fields, _completer(definition.type)))
+        steps.append(
+            Step(name, plan, fields, _completer(definition.type), _native(definition.type))
+        )
     return steps
+
+
+def _native(kind: GraphQLOutputType) -> type | None:
+    named = kind.of_type if isinstance(kind, GraphQLNonNull) else kind
+    if named is GraphQLString or named is GraphQLID:
+        return str
+    if named is GraphQLBoolean:
+        return bool
+    return None
 
 
 def _typename(_context: PlainExecutionContext, _fields: FieldDetailsList, _value: Any) -> Any:

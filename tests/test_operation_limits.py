@@ -24,6 +24,7 @@ from tests.conftest import (
     sign_up,
     start_server,
 )
+from tests.test_dashboard_page import PAGE as DASHBOARD_PAGE
 
 GRAPHQL_RESPONSE = "application/graphql-response+json"
 VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
@@ -94,6 +95,22 @@ query ($id: ID!) {
     agents(first: 100) { edges { node { manifests { operations { operationId } } } } }
   }
 }
+"""
+# The issue's example: five agents with every operation (counted as 20,116 objects before).
+FIVE_AGENTS_OPERATIONS = """
+query ($id: ID!) {
+  organization(id: $id) {
+    agents(first: 5) { edges { node { manifests { operations { operationId } } } } }
+  }
+}
+"""
+# The same as AGENTS_WITH_ALL_OPERATIONS, through fragments.
+ALL_OPERATIONS_BY_FRAGMENTS = """
+query ($id: ID!) {
+  organization(id: $id) { agents(first: 100) { edges { node { ...Tools } } } }
+}
+fragment Tools on Agent { manifests { ...Operations } }
+fragment Operations on Manifest { operations { operationId } }
 """
 DASHBOARD = """
 query ($id: ID!) {
@@ -179,6 +196,20 @@ def test_the_depth_query_is_twenty_deep_and_the_nested_lists_are_costly() -> Non
     assert analyse(DIRECTIVES_21).totals.directives == 21
 
 
+def test_an_agents_operations_count_by_its_tool_bound() -> None:
+    # 100 agents x (edge, node, 20 manifests, 200 operations across them), and the page.
+    assert analyse(AGENTS_WITH_ALL_OPERATIONS).totals.cost == 22301
+    assert analyse(ALL_OPERATIONS_BY_FRAGMENTS).totals.cost == 22301
+    assert analyse(FIVE_AGENTS_OPERATIONS).totals.cost == 1116
+    assert analyse(DASHBOARD_PAGE).totals.cost <= 20000
+    # Outside an agent a manifest still counts every operation it may hold.
+    manifests = analyse(
+        "query ($id: ID!) { organization(id: $id) { manifests(first: 50) "
+        "{ edges { node { operations { operationId } } } } } }"
+    )
+    assert manifests.totals.cost == 1 + 50 + 50 * (1 + 1 + 200)
+
+
 @pytest.mark.parametrize(
     ("document", "hint"),
     [
@@ -190,7 +221,8 @@ def test_the_depth_query_is_twenty_deep_and_the_nested_lists_are_costly() -> Non
         (NESTED_LISTS, "objects; the limit is 20000"),
         (DIRECTIVES_21, "21 directives"),
         (FRAGMENT_FAN_OUT, "objects; the limit is 20000"),
-        (AGENTS_WITH_ALL_OPERATIONS, "may return 402301 objects"),
+        (AGENTS_WITH_ALL_OPERATIONS, "may return 22301 objects"),
+        (ALL_OPERATIONS_BY_FRAGMENTS, "may return 22301 objects"),
     ],
     ids=[
         "depth-20",
@@ -202,6 +234,7 @@ def test_the_depth_query_is_twenty_deep_and_the_nested_lists_are_costly() -> Non
         "directives",
         "fan-out",
         "all-operations",
+        "all-operations-by-fragments",
     ],
 )
 async def test_limits_refuse_with_validation_failed(
@@ -248,7 +281,9 @@ async def test_cost_follows_the_variables(
     assert edge["node"]["organization"]["members"]["edges"] == [{"node": {"role": "OWNER"}}]
 
 
-@pytest.mark.parametrize("document", [MEMBERS, AGENTS_PAGE, DASHBOARD])
+@pytest.mark.parametrize(
+    "document", [MEMBERS, AGENTS_PAGE, DASHBOARD, DASHBOARD_PAGE, FIVE_AGENTS_OPERATIONS]
+)
 async def test_dashboard_queries_pass(client: Client, document: str) -> None:
     account = await sign_up(client)
     response = await client.execute(

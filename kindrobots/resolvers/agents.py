@@ -7,13 +7,20 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import and_, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kindrobots.auth.principals import UserActor
-from kindrobots.db.bounds import MAX_MANIFESTS_PER_AGENT
+from kindrobots.db.bounds import MAX_MANIFESTS_PER_AGENT, MAX_OPERATIONS_PER_AGENT
 from kindrobots.db.locks import lock_organization
-from kindrobots.db.models import Agent, AgentManifest, LlmCredential, Manifest, Project
+from kindrobots.db.models import (
+    Agent,
+    AgentManifest,
+    LlmCredential,
+    Manifest,
+    ManifestVersion,
+    Project,
+)
 from kindrobots.db.pagination import Page
 from kindrobots.errors import BadUserInput, Conflict, NotFound
 from kindrobots.resolvers import audit, validation
@@ -73,18 +80,32 @@ async def _check_references(
         if found is None:
             raise NotFound("The LLM credential was not found.")
     if fields.manifest_ids:
-        found_ids = set(
-            (
-                await session.scalars(
-                    select(Manifest.id).where(
-                        Manifest.id.in_(fields.manifest_ids),
-                        Manifest.organization_id == organization_id,
-                    )
+        # With each manifest, the operations of its newest version: the agent's tools.
+        attached = (
+            await session.execute(
+                select(Manifest.id, ManifestVersion.operations)
+                .outerjoin(
+                    ManifestVersion,
+                    and_(
+                        ManifestVersion.manifest_id == Manifest.id,
+                        ManifestVersion.version == Manifest.version,
+                    ),
                 )
-            ).all()
-        )
-        if found_ids != set(fields.manifest_ids):
+                .where(
+                    Manifest.id.in_(fields.manifest_ids),
+                    Manifest.organization_id == organization_id,
+                )
+            )
+        ).all()
+        if {manifest_id for manifest_id, _ in attached} != set(fields.manifest_ids):
             raise NotFound("A manifest was not found.")
+        tools = sum(len(operations or ()) for _, operations in attached)
+        if tools > MAX_OPERATIONS_PER_AGENT:
+            raise BadUserInput(
+                "manifestIds",
+                f"An agent may call at most {MAX_OPERATIONS_PER_AGENT} operations; "
+                f"these manifests hold {tools}.",
+            )
 
 
 async def _set_manifests(

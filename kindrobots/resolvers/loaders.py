@@ -1,4 +1,6 @@
-"""DataLoaders, one set per operation, so that a list of N items costs O(1) statements."""
+"""DataLoaders, one set per operation, so that a list of N items costs O(1) statements;
+and the batched reads a list resolver uses to preload its items' children for a whole
+page (one statement per level, the columns the types show, organization-scoped in SQL)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import and_, func, select
@@ -185,3 +188,112 @@ def build_loaders(read: ReadSession, actor: UserActor) -> Loaders:
         latest_version=_latest_versions(read, actor),
         first_messages=_first_messages(read, actor),
     )
+
+
+# --- Preloading: a page's children, by one statement per level -----------------------------
+
+
+@dataclass(frozen=True)
+class CredentialRow:
+    """The columns of a credential its type shows (never the key's ciphertext or nonce)."""
+
+    id: uuid.UUID
+    organization_id: uuid.UUID
+    provider: str
+    label: str
+    base_url: str | None
+    key_hint: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    id: uuid.UUID
+    organization_id: uuid.UUID
+    name: str
+    version: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    """What a manifest's type shows of its newest version (not its servers)."""
+
+    source_url: str | None
+    operations: list[dict[str, Any]]
+
+
+CredentialColumns = LlmCredential | CredentialRow
+ManifestColumns = Manifest | ManifestRow
+
+
+async def credentials_by_id(
+    session: AsyncSession, organization_id: uuid.UUID, ids: set[uuid.UUID]
+) -> dict[uuid.UUID, CredentialRow]:
+    if not ids:
+        return {}
+    rows = await session.execute(
+        select(
+            LlmCredential.id,
+            LlmCredential.organization_id,
+            LlmCredential.provider,
+            LlmCredential.label,
+            LlmCredential.base_url,
+            LlmCredential.key_hint,
+            LlmCredential.created_at,
+        ).where(LlmCredential.id.in_(ids), LlmCredential.organization_id == organization_id)
+    )
+    return {row[0]: CredentialRow(*row) for row in rows}
+
+
+async def manifests_by_agent(
+    session: AsyncSession, organization_id: uuid.UUID, agent_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[ManifestRow]]:
+    """Each agent's manifests in its order; one object per manifest, shared by its agents."""
+    grouped: dict[uuid.UUID, list[ManifestRow]] = {agent_id: [] for agent_id in agent_ids}
+    if not agent_ids:
+        return grouped
+    rows = await session.execute(
+        select(
+            AgentManifest.agent_id,
+            Manifest.id,
+            Manifest.organization_id,
+            Manifest.name,
+            Manifest.version,
+            Manifest.created_at,
+        )
+        .join(Manifest, Manifest.id == AgentManifest.manifest_id)
+        .where(
+            AgentManifest.agent_id.in_(agent_ids),
+            AgentManifest.organization_id == organization_id,
+            Manifest.organization_id == organization_id,
+        )
+        .order_by(AgentManifest.agent_id, AgentManifest.position)
+    )
+    shared: dict[uuid.UUID, ManifestRow] = {}
+    for agent_id, manifest_id, organization, name, version, created_at in rows:
+        manifest = shared.get(manifest_id)
+        if manifest is None:
+            manifest = ManifestRow(manifest_id, organization, name, version, created_at)
+            shared[manifest_id] = manifest
+        grouped[agent_id].append(manifest)
+    return grouped
+
+
+async def latest_versions(
+    session: AsyncSession, organization_id: uuid.UUID, manifest_ids: set[uuid.UUID]
+) -> dict[uuid.UUID, VersionRow]:
+    if not manifest_ids:
+        return {}
+    rows = await session.execute(
+        select(ManifestVersion.manifest_id, ManifestVersion.source_url, ManifestVersion.operations)
+        .join(
+            Manifest,
+            and_(
+                Manifest.id == ManifestVersion.manifest_id,
+                Manifest.version == ManifestVersion.version,
+            ),
+        )
+        .where(Manifest.id.in_(manifest_ids), Manifest.organization_id == organization_id)
+    )
+    return {manifest_id: VersionRow(url, operations) for manifest_id, url, operations in rows}

@@ -7,14 +7,16 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 from yarl import URL
 
 from kindrobots.auth.principals import UserActor
 from kindrobots.config import Settings
+from kindrobots.db.bounds import MAX_OPERATIONS_PER_AGENT
 from kindrobots.db.locks import lock_organization
-from kindrobots.db.models import Manifest, ManifestVersion
+from kindrobots.db.models import AgentManifest, Manifest, ManifestVersion
 from kindrobots.db.pagination import Page
 from kindrobots.errors import BadUserInput
 from kindrobots.resolvers import audit, openapi, validation
@@ -70,6 +72,42 @@ async def fetch_document(settings: Settings, url: str) -> Document:
     return await parse_document(text, source_url)
 
 
+async def _check_agents_fit(session: AsyncSession, manifest: Manifest, operations: int) -> None:
+    """A new version must leave every agent that calls the manifest within its tools
+    (``MAX_OPERATIONS_PER_AGENT``), counting the newest versions of its other manifests."""
+    calls = aliased(AgentManifest)
+    rows = (
+        await session.execute(
+            select(AgentManifest.agent_id, ManifestVersion.operations)
+            .join(
+                calls,
+                and_(calls.agent_id == AgentManifest.agent_id, calls.manifest_id == manifest.id),
+            )
+            .join(Manifest, Manifest.id == AgentManifest.manifest_id)
+            .join(
+                ManifestVersion,
+                and_(
+                    ManifestVersion.manifest_id == Manifest.id,
+                    ManifestVersion.version == Manifest.version,
+                ),
+            )
+            .where(
+                AgentManifest.organization_id == manifest.organization_id,
+                AgentManifest.manifest_id != manifest.id,
+            )
+        )
+    ).all()
+    tools: dict[uuid.UUID, int] = {}
+    for agent_id, others in rows:
+        tools[agent_id] = tools.get(agent_id, operations) + len(others or ())
+    if any(total > MAX_OPERATIONS_PER_AGENT for total in tools.values()):
+        raise BadUserInput(
+            "openapi",
+            f"An agent that calls this manifest would have more than {MAX_OPERATIONS_PER_AGENT} "
+            "operations; detach it from some agents first.",
+        )
+
+
 async def create_manifest(
     session: AsyncSession,
     actor: UserActor,
@@ -92,6 +130,7 @@ async def create_manifest(
         session.add(manifest)
         await session.flush()
     else:
+        await _check_agents_fit(session, manifest, len(document.parsed.operations))
         manifest.version += 1
         manifest.updated_at = now
     operations = document.parsed.operations

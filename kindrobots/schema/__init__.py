@@ -35,6 +35,7 @@ from kindrobots.schema.monitoring import OperationMetrics
 from kindrobots.schema.node import NodeQuery
 from kindrobots.schema.organizations import OrganizationMutation, OrganizationQuery
 from kindrobots.schema.permissions import check_sources
+from kindrobots.schema.plain import PlainExecutionContext
 from kindrobots.schema.projects import ProjectMutation
 from kindrobots.schema.staff import StaffMutation
 from kindrobots.security.documents import (
@@ -170,6 +171,12 @@ async def _signed_in(context: Any) -> bool:
     return isinstance(context, RequestContext) and isinstance(context.caller, UserActor)
 
 
+class ExecutionContext(EventExecutor, PlainExecutionContext):
+    """Both fast paths: known subscription events skip execution (EventExecutor), plain
+    fields of a query complete in one walk (PlainExecutionContext); each falls back to
+    graphql-core's own execution for anything else."""
+
+
 def build_schema(settings: Settings | None = None) -> Schema:
     """The schema under ``settings``; without, the development defaults (the SDL never
     depends on settings, only the limits and error texts do)."""
@@ -193,7 +200,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
             partial(PublicErrors, hide_suggestions=production),
             partial(OperationLimitsExtension, limits=limits, signed_in=_signed_in, cache=cache),
         ],
-        execution_context_class=EventExecutor,  # known subscription events skip execution
+        execution_context_class=ExecutionContext,
         config=StrawberryConfig(
             info_class=Info,
             disable_field_suggestions=production,

@@ -6,16 +6,19 @@ import uuid
 from datetime import datetime
 
 import strawberry
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from kindrobots.db import models
 from kindrobots.db.enums import Role
 from kindrobots.ids import from_global_id, to_global_id
 from kindrobots.resolvers import agents
 from kindrobots.resolvers.agents import AgentFields
+from kindrobots.resolvers.loaders import credentials_by_id, latest_versions, manifests_by_agent
 from kindrobots.schema.base import Info, Node, given, is_cleared
 from kindrobots.schema.credentials import LlmCredentialType
+from kindrobots.schema.grants import RoleGrant
 from kindrobots.schema.loaders import loaders
-from kindrobots.schema.manifests import ManifestType
+from kindrobots.schema.manifests import ManifestType, preload_versions
 from kindrobots.schema.permissions import (
     ObjectArgument,
     OnSource,
@@ -23,6 +26,7 @@ from kindrobots.schema.permissions import (
     granted,
     requires,
 )
+from kindrobots.schema.plain import UNLOADED, Unloaded, preloaded, selected
 
 
 @strawberry.type(name="Agent")
@@ -37,21 +41,30 @@ class AgentType(Node):
     agent_id: strawberry.Private[uuid.UUID]
     credential_id: strawberry.Private[uuid.UUID | None]
 
+    # Filled in by a list that preloaded its agents' children (schema.plain).
+    preloaded_credential: strawberry.Private[LlmCredentialType | Unloaded | None] = UNLOADED
+    preloaded_manifests: strawberry.Private[list[ManifestType] | Unloaded] = UNLOADED
+
     @strawberry.field(
         extensions=requires(Role.EDITOR, OnSource()),
         description=(
             "EDITOR and above: editors attach credentials to agents, so they see which "
             "one (id, label, provider); baseUrl and keyHint need ADMIN."
         ),
+        metadata=preloaded("preloaded_credential"),
     )
     async def llm_credential(self, info: Info) -> LlmCredentialType | None:
+        if self.preloaded_credential is not UNLOADED:
+            return self.preloaded_credential
         if self.credential_id is None:
             return None
         row = await loaders(info).credential.load(self.credential_id)
         return LlmCredentialType.from_row(row) if row else None
 
-    @strawberry.field
+    @strawberry.field(metadata=preloaded("preloaded_manifests"))
     async def manifests(self, info: Info) -> list[ManifestType]:
+        if self.preloaded_manifests is not UNLOADED:
+            return self.preloaded_manifests
         rows = await loaders(info).agent_manifests.load(self.agent_id)
         return [ManifestType.from_row(row) for row in rows]
 
@@ -69,6 +82,36 @@ class AgentType(Node):
             agent_id=row.id,
             credential_id=row.llm_credential_id,
         )
+
+
+async def preload_agents(
+    session: AsyncSession, info: Info, grant: RoleGrant, agents: list[AgentType]
+) -> None:
+    """The children a page of agents shows, for the whole page: one statement per level,
+    scoped to the page's organization, only for what the document selects (below
+    ``edges { node }``) and what the caller's role may see."""
+    fields = selected(info, "edges", "node")
+    organization_id = grant.organization_id
+    if "manifests" in fields:
+        by_agent = await manifests_by_agent(
+            session, organization_id, [agent.agent_id for agent in agents]
+        )
+        shared: dict[uuid.UUID, ManifestType] = {}
+        for agent in agents:
+            agent.preloaded_manifests = [
+                shared.get(row.id) or shared.setdefault(row.id, ManifestType.from_row(row))
+                for row in by_agent[agent.agent_id]
+            ]
+        if selected(info, "edges", "node", "manifests") & {"operations", "sourceUrl"}:
+            versions = await latest_versions(session, organization_id, set(shared))
+            preload_versions(list(shared.values()), versions)
+    if "llmCredential" in fields and grant.role.at_least(Role.EDITOR):
+        ids = {agent.credential_id for agent in agents if agent.credential_id is not None}
+        rows = await credentials_by_id(session, organization_id, ids)
+        credentials = {key: LlmCredentialType.from_row(row) for key, row in rows.items()}
+        for agent in agents:
+            key = agent.credential_id
+            agent.preloaded_credential = credentials.get(key) if key is not None else None
 
 
 @strawberry.input

@@ -7,10 +7,10 @@ from datetime import datetime
 
 import strawberry
 
-from kindrobots.db import models
 from kindrobots.db.enums import LlmProvider, Role
 from kindrobots.ids import from_global_id, to_global_id
 from kindrobots.resolvers import credentials
+from kindrobots.resolvers.loaders import CredentialColumns
 from kindrobots.schema.base import Info, Node
 from kindrobots.schema.directives import RateLimit, RateLimitKey
 from kindrobots.schema.permissions import (
@@ -28,38 +28,27 @@ strawberry.enum(LlmProvider)
 class LlmCredentialType(Node):
     provider: LlmProvider
     label: str
-    organization_id: strawberry.Private[uuid.UUID]
-    row_base_url: strawberry.Private[str | None]
-    row_key_hint: strawberry.Private[str]
-    row_created_at: strawberry.Private[datetime]
-
     # An EDITOR reaches credentials through Agent.llmCredential; where the key goes and
-    # what it ends with are for ADMINs, on every path.
-    @strawberry.field(extensions=requires(Role.ADMIN, OnSource()))
-    async def base_url(self) -> str | None:
-        return self.row_base_url
-
-    @strawberry.field(
+    # what it ends with are for ADMINs, on every path. Plain attributes, so that a page
+    # of them is read without a resolver per item (schema.plain).
+    base_url: str | None = strawberry.field(extensions=requires(Role.ADMIN, OnSource()))
+    key_hint: str = strawberry.field(
         extensions=requires(Role.ADMIN, OnSource()),
         description='The last four characters, e.g. "…a1b2".',
     )
-    async def key_hint(self) -> str:
-        return f"…{self.row_key_hint}"
-
-    @strawberry.field
-    def created_at(self) -> datetime:
-        return self.row_created_at
+    created_at: datetime
+    organization_id: strawberry.Private[uuid.UUID]
 
     @classmethod
-    def from_row(cls, row: models.LlmCredential) -> LlmCredentialType:
+    def from_row(cls, row: CredentialColumns) -> LlmCredentialType:
         return cls(
             id=strawberry.ID(to_global_id("LlmCredential", row.id)),
             provider=LlmProvider(row.provider),
             label=row.label,
-            row_created_at=row.created_at,
+            created_at=row.created_at,
             organization_id=row.organization_id,
-            row_base_url=row.base_url,
-            row_key_hint=row.key_hint,
+            base_url=row.base_url,
+            key_hint=f"…{row.key_hint}",
         )
 
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 import strawberry
 from strawberry.scalars import JSON
 
-from kindrobots.db import models
 from kindrobots.db.enums import Role
 from kindrobots.ids import from_global_id, to_global_id
 from kindrobots.resolvers import manifests
+from kindrobots.resolvers.loaders import ManifestColumns, VersionRow
 from kindrobots.schema.base import Info, Node
 from kindrobots.schema.directives import RateLimit, RateLimitKey
 from kindrobots.schema.loaders import loaders
@@ -21,6 +22,7 @@ from kindrobots.schema.permissions import (
     granted,
     requires,
 )
+from kindrobots.schema.plain import UNLOADED, Unloaded, preloaded
 
 
 @strawberry.type
@@ -39,28 +41,32 @@ class ManifestType(Node):
     created_at: datetime
     organization_id: strawberry.Private[uuid.UUID]
     manifest_id: strawberry.Private[uuid.UUID]
+    # Filled in by a list that preloaded its manifests' newest versions (schema.plain).
+    preloaded_source_url: strawberry.Private[str | Unloaded | None] = UNLOADED
+    preloaded_operations: strawberry.Private[list[ManifestOperation] | Unloaded] = UNLOADED
 
-    @strawberry.field(description="Where the newest version was imported from.")
+    @strawberry.field(
+        description="Where the newest version was imported from.",
+        metadata=preloaded("preloaded_source_url"),
+    )
     async def source_url(self, info: Info) -> str | None:
+        if self.preloaded_source_url is not UNLOADED:
+            return self.preloaded_source_url
         latest = await loaders(info).latest_version.load(self.manifest_id)
         return latest.source_url if latest else None
 
-    @strawberry.field(description="The operations of the newest version.")
+    @strawberry.field(
+        description="The operations of the newest version.",
+        metadata=preloaded("preloaded_operations"),
+    )
     async def operations(self, info: Info) -> list[ManifestOperation]:
+        if self.preloaded_operations is not UNLOADED:
+            return self.preloaded_operations
         latest = await loaders(info).latest_version.load(self.manifest_id)
-        return [
-            ManifestOperation(
-                operation_id=op["operationId"],
-                method=op["method"],
-                path=op["path"],
-                summary=op.get("summary"),
-                parameters=JSON(op["parameters"]),
-            )
-            for op in (latest.operations if latest else [])
-        ]
+        return operations_of(latest.operations if latest else [])
 
     @classmethod
-    def from_row(cls, row: models.Manifest) -> ManifestType:
+    def from_row(cls, row: ManifestColumns) -> ManifestType:
         return cls(
             id=strawberry.ID(to_global_id("Manifest", row.id)),
             name=row.name,
@@ -69,6 +75,27 @@ class ManifestType(Node):
             organization_id=row.organization_id,
             manifest_id=row.id,
         )
+
+
+def operations_of(operations: list[dict[str, Any]]) -> list[ManifestOperation]:
+    return [
+        ManifestOperation(
+            operation_id=op["operationId"],
+            method=op["method"],
+            path=op["path"],
+            summary=op.get("summary"),
+            parameters=JSON(op["parameters"]),
+        )
+        for op in operations
+    ]
+
+
+def preload_versions(manifests: list[ManifestType], versions: dict[uuid.UUID, VersionRow]) -> None:
+    """Give preloaded manifests their newest versions (a manifest without one has none)."""
+    for manifest in manifests:
+        version = versions.get(manifest.manifest_id)
+        manifest.preloaded_source_url = version.source_url if version else None
+        manifest.preloaded_operations = operations_of(version.operations) if version else []
 
 
 @strawberry.input

@@ -23,7 +23,8 @@ from kindrobots.resolvers import (
     organizations,
     projects,
 )
-from kindrobots.schema.agents import AgentType
+from kindrobots.resolvers.loaders import latest_versions
+from kindrobots.schema.agents import AgentType, preload_agents
 from kindrobots.schema.audit import AuditEventType
 from kindrobots.schema.base import Connection, Info, Node, to_connection
 from kindrobots.schema.billing import BillingType
@@ -31,7 +32,7 @@ from kindrobots.schema.chat import ConversationType
 from kindrobots.schema.credentials import LlmCredentialType
 from kindrobots.schema.directives import RateLimit, RateLimitKey
 from kindrobots.schema.loaders import loaders
-from kindrobots.schema.manifests import ManifestType
+from kindrobots.schema.manifests import ManifestType, preload_versions
 from kindrobots.schema.permissions import (
     OnSource,
     OrganizationArgument,
@@ -40,6 +41,7 @@ from kindrobots.schema.permissions import (
     requires,
     signed_in,
 )
+from kindrobots.schema.plain import selected
 from kindrobots.schema.projects import ProjectType
 from kindrobots.schema.users import UserType
 
@@ -163,7 +165,9 @@ class OrganizationType(Node):
                 after,
                 search,
             )
-        return to_connection(page, AgentType.from_row)
+            connection = to_connection(page, AgentType.from_row)
+            await preload_agents(session, info, grant, [edge.node for edge in connection.edges])
+        return connection
 
     @strawberry.field(extensions=requires(Role.VIEWER, OnSource()))
     async def manifests(
@@ -174,7 +178,12 @@ class OrganizationType(Node):
             page = await manifests.list_manifests(
                 session, grant.actor, grant.organization_id, 20 if first is None else first, after
             )
-        return to_connection(page, ManifestType.from_row)
+            connection = to_connection(page, ManifestType.from_row)
+            if selected(info, "edges", "node") & {"operations", "sourceUrl"}:
+                nodes = [edge.node for edge in connection.edges]
+                ids = {node.manifest_id for node in nodes}
+                preload_versions(nodes, await latest_versions(session, grant.organization_id, ids))
+        return connection
 
     @strawberry.field(extensions=requires(Role.VIEWER, OnSource()))
     async def projects(

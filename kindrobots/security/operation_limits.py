@@ -19,7 +19,9 @@ object counts once, times the number of items of each list around it. A field wi
 ``first`` argument (a connection) is weighed by that argument, its default when not
 given, capped at the page size the resolvers accept; the ``edges`` inside a connection
 add no factor of their own; any other list counts as :data:`UNPAGED_LIST_SIZE` items.
-Nested lists multiply.
+Nested lists multiply; unpaged lists count as many items as can exist
+(:data:`LIST_SIZES`), or their share of a bound they share with their siblings
+(:data:`SHARED_LIST_SIZES`: one agent's operations across its manifests).
 
 Strawberry's ``QueryDepthLimiter`` and ``MaxAliasesLimiter`` re-walk a fragment at every
 spread, so a few dozen fragments that each spread the next one twice keep them busy for
@@ -68,7 +70,11 @@ from graphql.validation import (
 )
 from strawberry.extensions import MaxTokensLimiter
 
-from kindrobots.db.bounds import MAX_MANIFESTS_PER_AGENT, MAX_OPERATIONS_PER_MANIFEST
+from kindrobots.db.bounds import (
+    MAX_MANIFESTS_PER_AGENT,
+    MAX_OPERATIONS_PER_AGENT,
+    MAX_OPERATIONS_PER_MANIFEST,
+)
 from kindrobots.db.pagination import MAX_PAGE
 from kindrobots.security.documents import (
     MAX_OUTCOMES,
@@ -95,6 +101,17 @@ LIST_SIZES = {
     "Agent.manifests": MAX_MANIFESTS_PER_AGENT,
     "Manifest.operations": MAX_OPERATIONS_PER_MANIFEST,
 }
+# Lists that share one bound with their siblings: one agent's manifests hold at most
+# MAX_OPERATIONS_PER_AGENT operations together, so under ``Agent.manifests`` each manifest
+# counts its share, rounded up. Every manifest's count times the number of manifests stays
+# an upper bound, and a page of 50 agents with their operations fits the default limit.
+SHARED_LIST_SIZES = {
+    ("Agent.manifests", "Manifest.operations"): -(
+        -MAX_OPERATIONS_PER_AGENT // MAX_MANIFESTS_PER_AGENT
+    ),
+}
+# The lists whose items are counted differently under them (see SHARED_LIST_SIZES).
+_SHARING = frozenset(outer for outer, _ in SHARED_LIST_SIZES)
 # Selection sets and fragment spreads nested deeper than this stop the walk (the
 # operation is refused as too deep): it keeps the walk far from Python's recursion limit.
 MAX_NESTING = 128
@@ -171,7 +188,8 @@ class OperationAnalysis:
             for definition in operation.variable_definitions or ()
             if definition.default_value is not None
         }
-        self.done: dict[str, Totals] = {}
+        # Per fragment and the list it is spread under, if that changes its count.
+        self.done: dict[tuple[str, str | None], Totals] = {}
         self.active: set[str] = set()
         self.too_deep = False
         self.totals = Totals(
@@ -182,8 +200,13 @@ class OperationAnalysis:
         self.totals.add(self.selections(operation.selection_set, root, 0))
 
     def selections(
-        self, selection_set: SelectionSetNode, parent: GraphQLNamedType | None, level: int
+        self,
+        selection_set: SelectionSetNode,
+        parent: GraphQLNamedType | None,
+        level: int,
+        under: str | None = None,
     ) -> Totals:
+        """``under``: the list field (of :data:`_SHARING`) this selection set is on."""
         totals = Totals()
         if level > MAX_NESTING:
             self.too_deep = True
@@ -204,21 +227,27 @@ class OperationAnalysis:
                     continue
                 field = _field_definition(parent, name)
                 child = get_named_type(field.type) if field is not None else None
-                inner = self.selections(selection.selection_set, child, level + 1)
-                factor = self.factor(selection, field, parent)
+                key = f"{parent.name}.{name}" if parent is not None else name
+                inner = self.selections(
+                    selection.selection_set,
+                    child,
+                    level + 1,
+                    key if key in _SHARING and field is not None else None,
+                )
+                factor = self.factor(selection, field, parent, under)
                 totals.add(inner, depth_offset=1, factor=factor)
                 totals.cost = min(totals.cost + factor, SATURATION)
             elif isinstance(selection, InlineFragmentNode):
                 condition = selection.type_condition
                 scope = self.schema.get_type(condition.name.value) if condition else parent
-                totals.add(self.selections(selection.selection_set, scope, level + 1))
+                totals.add(self.selections(selection.selection_set, scope, level + 1, under))
             elif isinstance(selection, FragmentSpreadNode):
-                totals.add(self.fragment(selection.name.value, level + 1))
+                totals.add(self.fragment(selection.name.value, level + 1, under))
         return totals
 
-    def fragment(self, name: str, level: int) -> Totals:
-        if name in self.done:
-            return self.done[name]
+    def fragment(self, name: str, level: int, under: str | None = None) -> Totals:
+        if (name, under) in self.done:
+            return self.done[name, under]
         fragment = self.fragments.get(name)
         if fragment is None or name in self.active:
             return Totals()  # unknown fragments and cycles are other rules' errors
@@ -228,15 +257,20 @@ class OperationAnalysis:
                 fragment.selection_set,
                 self.schema.get_type(fragment.type_condition.name.value),
                 level,
+                under,
             )
         finally:
             self.active.discard(name)
         totals.directives += len(fragment.directives or ())
-        self.done[name] = totals
+        self.done[name, under] = totals
         return totals
 
     def factor(
-        self, node: FieldNode, field: GraphQLField | None, parent: GraphQLNamedType | None
+        self,
+        node: FieldNode,
+        field: GraphQLField | None,
+        parent: GraphQLNamedType | None,
+        under: str | None = None,
     ) -> int:
         """How many objects the field may return."""
         if field is None:
@@ -252,7 +286,9 @@ class OperationAnalysis:
         if parent is not None and parent.name.endswith("Connection"):
             return 1  # edges: bounded by the connection's own `first`
         if parent is not None:
-            return LIST_SIZES.get(f"{parent.name}.{node.name.value}", UNPAGED_LIST_SIZE)
+            key = f"{parent.name}.{node.name.value}"
+            shared = SHARED_LIST_SIZES.get((under, key)) if under is not None else None
+            return shared if shared is not None else LIST_SIZES.get(key, UNPAGED_LIST_SIZE)
         return UNPAGED_LIST_SIZE
 
     def first(self, node: FieldNode, argument: GraphQLArgument) -> int:

@@ -171,7 +171,7 @@ async def _signed_in(context: Any) -> bool:
     return isinstance(context, RequestContext) and isinstance(context.caller, UserActor)
 
 
-class ExecutionContext(EventExecutor, PlainExecutionContext):
+class FastExecutionContext(EventExecutor, PlainExecutionContext):
     """Both fast paths: known subscription events skip execution (EventExecutor), plain
     fields of a query complete in one walk (PlainExecutionContext); each falls back to
     graphql-core's own execution for anything else."""
@@ -200,7 +200,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
             partial(PublicErrors, hide_suggestions=production),
             partial(OperationLimitsExtension, limits=limits, signed_in=_signed_in, cache=cache),
         ],
-        execution_context_class=ExecutionContext,
+        execution_context_class=FastExecutionContext,
         config=StrawberryConfig(
             info_class=Info,
             disable_field_suggestions=production,

@@ -295,7 +295,12 @@ async def test_a_turn_streams_and_stores_the_reply(server: RunningServer) -> Non
     # The next turn reads the history of that conversation.
     async with services.write() as session:
         second = await chat.open_turn(
-            session, widget, NOW + timedelta(seconds=2), turn.conversation_id, "And then?"
+            session,
+            widget,
+            NOW + timedelta(seconds=2),
+            turn.conversation_id,
+            "And then?",
+            conversation_token=turn.conversation_token,
         )
     assert [m.role for m in second.history] == ["user", "assistant"]
 

@@ -7,6 +7,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from datetime import date, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import and_, func, select
@@ -24,10 +25,12 @@ from kindrobots.db.models import (
     Message,
     Organization,
     Project,
+    ProjectUsage,
     User,
 )
 from kindrobots.db.pagination import Page, first_page
 from kindrobots.resolvers.access import member_organizations
+from kindrobots.resolvers.usage import UsageDay, usage_days
 
 # Opens a short read session: loaders batch across sibling fields that run concurrently,
 # so each batch reads in a session of its own.
@@ -161,6 +164,56 @@ def _first_messages(
     return DataLoader(load_fn=load)
 
 
+def _feedback(read: ReadSession, actor: UserActor) -> DataLoader[uuid.UUID, dict[str, int]]:
+    """Ratings of many agents' messages, counted in one grouped statement."""
+
+    async def load(agent_ids: Sequence[uuid.UUID]) -> list[dict[str, int]]:
+        async with read() as session:
+            rows = (
+                await session.execute(
+                    select(Message.agent_id, Message.rating, func.count())
+                    .where(
+                        Message.agent_id.in_(agent_ids),
+                        Message.rating.is_not(None),
+                        Message.organization_id.in_(member_organizations(actor)),
+                    )
+                    .group_by(Message.agent_id, Message.rating)
+                )
+            ).all()
+        counts: dict[uuid.UUID, dict[str, int]] = defaultdict(dict)
+        for agent_id, rating, number in rows:
+            if agent_id is not None and rating is not None:  # both filtered in SQL
+                counts[agent_id][rating] = int(number)
+        return [counts[agent_id] for agent_id in agent_ids]
+
+    return DataLoader(load_fn=load)
+
+
+def _usage(
+    read: ReadSession, actor: UserActor
+) -> DataLoader[tuple[uuid.UUID, int, date], list[UsageDay]]:
+    """Many projects' daily usage (project, days, today) in one statement."""
+
+    async def load(keys: Sequence[tuple[uuid.UUID, int, date]]) -> list[list[UsageDay]]:
+        first = min(today - timedelta(days=days - 1) for _, days, today in keys)
+        async with read() as session:
+            rows = (
+                await session.scalars(
+                    select(ProjectUsage).where(
+                        ProjectUsage.project_id.in_({key[0] for key in keys}),
+                        ProjectUsage.organization_id.in_(member_organizations(actor)),
+                        ProjectUsage.day >= first,
+                    )
+                )
+            ).all()
+        grouped: dict[uuid.UUID, list[ProjectUsage]] = defaultdict(list)
+        for row in rows:
+            grouped[row.project_id].append(row)
+        return [usage_days(grouped[project], days, today) for project, days, today in keys]
+
+    return DataLoader(load_fn=load)
+
+
 @dataclass
 class Loaders:
     user: DataLoader[uuid.UUID, User | None]
@@ -171,6 +224,8 @@ class Loaders:
     agent_manifests: DataLoader[uuid.UUID, list[Manifest]]
     latest_version: DataLoader[uuid.UUID, ManifestVersion | None]
     first_messages: DataLoader[tuple[uuid.UUID, int], Page[Message]]
+    feedback: DataLoader[uuid.UUID, dict[str, int]]
+    usage: DataLoader[tuple[uuid.UUID, int, date], list[UsageDay]]
 
 
 def build_loaders(read: ReadSession, actor: UserActor) -> Loaders:
@@ -184,4 +239,6 @@ def build_loaders(read: ReadSession, actor: UserActor) -> Loaders:
         agent_manifests=_manifests_of_agents(read, actor),
         latest_version=_latest_versions(read, actor),
         first_messages=_first_messages(read, actor),
+        feedback=_feedback(read, actor),
+        usage=_usage(read, actor),
     )

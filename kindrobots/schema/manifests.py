@@ -37,6 +37,10 @@ class ManifestType(Node):
     name: str
     version: int
     created_at: datetime
+    forward_end_user_token: bool = strawberry.field(
+        description="Tool calls of AUTHENTICATED projects carry the end user's verified token "
+        "(Authorization: Bearer) to this manifest's servers."
+    )
     organization_id: strawberry.Private[uuid.UUID]
     manifest_id: strawberry.Private[uuid.UUID]
 
@@ -66,9 +70,16 @@ class ManifestType(Node):
             name=row.name,
             version=row.version,
             created_at=row.created_at,
+            forward_end_user_token=row.forward_end_user_token,
             organization_id=row.organization_id,
             manifest_id=row.id,
         )
+
+
+FORWARD = (
+    "Opt in: on AUTHENTICATED projects, tool calls carry the end user's verified token "
+    "(Authorization: Bearer), only to this manifest's servers; never on PUBLIC projects."
+)
 
 
 @strawberry.input
@@ -76,6 +87,7 @@ class CreateManifestInput:
     organization_id: strawberry.ID
     name: str
     openapi: str = strawberry.field(description="An OpenAPI 3.0 or 3.1 document, JSON or YAML.")
+    forward_end_user_token: bool = strawberry.field(default=False, description=FORWARD)
 
 
 @strawberry.input
@@ -83,6 +95,7 @@ class ImportManifestInput:
     organization_id: strawberry.ID
     name: str
     url: str
+    forward_end_user_token: bool = strawberry.field(default=False, description=FORWARD)
 
 
 @strawberry.type
@@ -96,7 +109,13 @@ class ManifestMutation:
         document = await manifests.parse_document(input.openapi)
         async with info.context.services.write() as session:
             row = await manifests.create_manifest(
-                session, grant.actor, info.now(), grant.organization_id, input.name, document
+                session,
+                grant.actor,
+                info.now(),
+                grant.organization_id,
+                input.name,
+                document,
+                forward_end_user_token=input.forward_end_user_token,
             )
         return ManifestType.from_row(row)
 
@@ -109,7 +128,13 @@ class ManifestMutation:
         document = await manifests.fetch_document(info.context.settings, input.url)
         async with info.context.services.write() as session:
             row = await manifests.create_manifest(
-                session, grant.actor, info.now(), grant.organization_id, input.name, document
+                session,
+                grant.actor,
+                info.now(),
+                grant.organization_id,
+                input.name,
+                document,
+                forward_end_user_token=input.forward_end_user_token,
             )
         return ManifestType.from_row(row)
 

@@ -36,7 +36,8 @@
   const DEFAULT_ACCENT = "#3b5bdb";
   const POSITIONS = ["bottom-right", "bottom-left"];
   const CHAT = "subscription KindRobotsChat($input: ChatInput!) { chat(input: $input) { " +
-    "__typename ... on ChatStarted { conversationId } ... on ChatDelta { text } " +
+    "__typename ... on ChatStarted { conversationId conversationToken } " +
+    "... on ChatDelta { text } " +
     "... on ChatToolCall { name } ... on ChatCompleted { messageId } " +
     "... on ChatError { message retryAfter } } }";
 

@@ -22,6 +22,7 @@ from kindrobots.chat.providers import ChatRequest, DemoProvider, Event, Provider
 from kindrobots.errors import PaymentRequired, RateLimited
 from kindrobots.server import WEBSOCKETS
 from tests import widget_browser
+from tests.jwks_server import claims
 from tests.widget_browser import SHADOW, Site, Tab, events, measure, send
 
 # The shared fixtures, bound here so that pytest finds them for this module (one site each).
@@ -231,6 +232,21 @@ async def test_console_names_an_unknown_project_key(site: Site, tab: Tab) -> Non
     await expect(page.locator(".kr-chat-status")).to_have_text(NOT_ALLOWED)
     assert any("4403" in w and "unknown project key" in w for w in tab.warnings), tab.warnings
     assert not any("origin not allowed" in w for w in tab.warnings)
+
+
+async def test_console_names_a_refused_end_user_token(site: Site, tab: Tab) -> None:
+    page = tab.page
+    await page.goto(site.members_url("end-user-1", expires_in=-600))
+    await page.wait_for_function("window.KindRobotsChat !== undefined")
+    await page.evaluate("KindRobotsChat.open()")
+    await expect(page.locator(".kr-chat-status")).to_have_text("Please sign in to use this chat.")
+    await expect(page.locator(".kr-chat-input")).to_be_disabled()
+    assert any("4401" in w and "token expired" in w for w in tab.warnings), tab.warnings
+    # The page signs the visitor in again: the widget reconnects with the new token.
+    fresh = site.signing_key.sign(claims("end-user-1"))
+    await page.evaluate("(t) => KindRobotsChat.setToken(t)", fresh)
+    await expect(page.locator(".kr-chat-status")).to_have_text("")
+    await send(page, "Signed in now")
 
 
 async def test_widget_reconnects_after_the_server_drops_it(site: Site, tab: Tab) -> None:

@@ -52,10 +52,9 @@ async def conversations(site: Site) -> dict[str, list[dict[str, Any]]]:
     }
 
 
-async def stored(page: Page, site: Site) -> Any:
-    raw = await page.evaluate(
-        "(key) => localStorage.getItem(key)", f"kindrobots:{site.project_key}"
-    )
+async def stored(page: Page, site: Site, project_key: str | None = None) -> Any:
+    key = f"kindrobots:{project_key or site.project_key}"
+    raw = await page.evaluate("(key) => localStorage.getItem(key)", key)
     return json.loads(raw) if raw else None
 
 
@@ -151,7 +150,8 @@ async def test_ratings_reach_the_dashboard_and_survive_a_reload(site: Site, tab:
     )
     assert feedback.errors == [], feedback.errors
     counts = [e["node"]["feedback"] for e in feedback.data["organization"]["agents"]["edges"]]
-    assert counts == [{"up": 0, "down": 1}]
+    assert sorted(c["down"] for c in counts) == [0, 1]  # this site's agent, not the members'
+    assert all(c["up"] == 0 for c in counts)
 
     await down.click()  # pressed again: the rating is taken back
     await expect(down).to_have_attribute("aria-pressed", "false")
@@ -215,3 +215,48 @@ async def test_without_storage_the_widget_still_chats(site: Site, tab: Tab) -> N
     await page.locator(".kr-chat-launcher").click()
     assert await bubbles(page) == []  # nothing was kept, and nothing broke
     await send(page, "Hello again")
+
+
+async def test_an_end_users_conversation_follows_them_to_another_device(
+    site: Site, tab: Tab
+) -> None:
+    page = tab.page
+    await page.goto(site.members_url("member-7"))
+    await page.locator(".kr-chat-launcher").click()
+    await send(page, "Member question")
+    laptop = await stored(page, site, site.members_key)
+
+    # The same end user on a new device, with empty storage: the subject binds it.
+    browser = page.context.browser
+    assert browser is not None
+    phone = await browser.new_context()
+    other = await browser.new_context()
+    try:
+        second = await phone.new_page()
+        await second.goto(site.members_url("member-7"))
+        await second.locator(".kr-chat-launcher").click()
+        await expect(second.locator(".kr-chat-assistant")).to_have_count(1)
+        assert await bubbles(second) == ["Member question", "You said: Member question"]
+        await send(second, "From my phone")
+        assert (await stored(second, site, site.members_key))["conversationId"] == (
+            laptop["conversationId"]
+        )
+
+        # Another end user of the same site sees none of it.
+        third = await other.new_page()
+        await third.goto(site.members_url("member-8"))
+        await third.locator(".kr-chat-launcher").click()
+        await send(third, "Who am I?")
+        assert await bubbles(third) == ["Who am I?", "You said: Who am I?"]
+        theirs = await stored(third, site, site.members_key)
+        assert theirs["conversationId"] != laptop["conversationId"]
+    finally:
+        await phone.close()
+        await other.close()
+    messages = (await conversations(site))[laptop["conversationId"]]
+    assert [m["content"] for m in messages] == [
+        "Member question",
+        "You said: Member question",
+        "From my phone",
+        "You said: From my phone",
+    ]

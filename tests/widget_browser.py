@@ -33,6 +33,7 @@ from playwright.async_api import Browser, Page, WebSocket, async_playwright, exp
 
 from tests.chat_helpers import deploy
 from tests.conftest import Client, RunningServer, make_settings, sign_up, start_server
+from tests.jwks_server import AUDIENCE, ISSUER, JwksServer, SigningKey, claims
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -90,6 +91,7 @@ class HostPage:
     attributes: dict[str, str] = field(default_factory=dict)
     csp: bool = False
     key: str | None = None  # another project key than the site's
+    authenticated: bool = False  # the site's AUTHENTICATED project; ?token= is data-token
 
 
 PAGES = {
@@ -97,6 +99,7 @@ PAGES = {
     "hostile": HostPage(head='<link rel="stylesheet" href="/site.css">'),
     "strict": HostPage(head='<link rel="stylesheet" href="/site.css">', csp=True),
     "unknown-key": HostPage(key="pk_doesnotexist0000"),
+    "members": HostPage(authenticated=True),
     "options": HostPage(
         attributes={
             "data-title": "Robot help",
@@ -121,11 +124,17 @@ class Site:
     organization_id: str
     access_token: str
     project_key: str
+    members_key: str  # an AUTHENTICATED project's, for pages whose visitors sign in
+    signing_key: SigningKey  # signs end-user tokens its JWKS URL vouches for
     origin: str  # the customer's site, an allowed origin
     refused_origin: str  # the same site under a name the project does not list
 
     def url(self, page: str = "plain") -> str:
         return f"{self.origin}/{page}"
+
+    def members_url(self, subject: str, **overrides: Any) -> str:
+        """The members' page, signed in as ``subject``."""
+        return f"{self.origin}/members?token={self.signing_key.sign(claims(subject, **overrides))}"
 
     @property
     def demo_url(self) -> str:
@@ -143,18 +152,27 @@ def chromium() -> None:
 
 @pytest_asyncio.fixture(scope="module")
 async def site(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Site]:
-    runner, api = await start_server(make_settings(tmp_path_factory.mktemp("widget"), "sqlite"))
+    jwks = JwksServer()
+    await jwks.start()
+    signing_key = SigningKey.rsa()
+    key_set = jwks.key_set([signing_key])
+    settings = make_settings(
+        tmp_path_factory.mktemp("widget"), "sqlite", outbound_allow=jwks.host_port
+    )
+    runner, api = await start_server(settings)
     key: dict[str, str] = {}
 
     async def host_page(request: web.Request) -> web.Response:
         spec = PAGES.get(request.match_info["page"])
         if spec is None:
             raise web.HTTPNotFound()
-        attributes = "".join(
-            f' {name}="{html.escape(value)}"' for name, value in spec.attributes.items()
-        )
+        values = dict(spec.attributes)
+        if spec.authenticated and "token" in request.query:
+            values["data-token"] = request.query["token"]
+        attributes = "".join(f' {name}="{html.escape(value)}"' for name, value in values.items())
+        project = key["members"] if spec.authenticated else key["project"]
         body = PAGE.format(
-            head=spec.head, api=api.base_url, key=spec.key or key["project"], attributes=attributes
+            head=spec.head, api=api.base_url, key=spec.key or project, attributes=attributes
         )
         headers = {"Content-Security-Policy": strict_csp(api.base_url)} if spec.csp else {}
         return web.Response(text=body, content_type="text/html", headers=headers)
@@ -174,7 +192,18 @@ async def site(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Site]:
         account = await sign_up(client)
         # The API server's own origin too, for its development demo page.
         deployed = await deploy(client, account, origins=[f"http://127.0.0.1:{port}", api.base_url])
-        key["project"] = deployed.project_key
+        members = await deploy(
+            client,
+            account,
+            origins=[f"http://127.0.0.1:{port}"],
+            project={
+                "accessMode": "AUTHENTICATED",
+                "jwksUrl": key_set.url,
+                "jwtIssuer": ISSUER,
+                "jwtAudience": AUDIENCE,
+            },
+        )
+        key["project"], key["members"] = deployed.project_key, members.project_key
         yield Site(
             api=api,
             runner=runner,
@@ -182,11 +211,14 @@ async def site(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Site]:
             organization_id=account.organization_id,
             access_token=account.access_token,
             project_key=deployed.project_key,
+            members_key=members.project_key,
+            signing_key=signing_key,
             origin=f"http://127.0.0.1:{port}",
             refused_origin=f"http://localhost:{port}",
         )
     await host_runner.cleanup()
     await runner.cleanup()
+    await jwks.close()
 
 
 @pytest_asyncio.fixture(scope="module")

@@ -18,6 +18,8 @@
  * fetched sheets, not sheets built in script, and a <link> to a sheet on our origin would
  * be refused by `style-src 'self'`, whose 'self' is the host page's origin, not ours.
  * Nothing here sets a style attribute; the accent colour is a CSSOM write to our own sheet.
+ * The root is open, not closed: a closed root hides nothing from scripts of the same page
+ * (they can wrap attachShadow), and an open one lets the site's own tests reach the widget.
  *
  * Model output is untrusted: it is parsed into DOM nodes and written with textContent only.
  */

@@ -51,8 +51,10 @@ async def owner(services: Services, name: str = "Acme") -> tuple[UserActor, uuid
     """A new account and its organization, as an actor holding OWNER there."""
     account = await auth.prepare_sign_up(unique_email(), "a long password", "Owner", name)
     async with services.write() as session:
+        # Issued now, not at NOW (import time): the access token must still be valid when a
+        # long suite reaches this module.
         signed = await auth.sign_up(
-            session, NOW, issuer(services), auth.Client("192.0.2.1", None), account
+            session, datetime.now(UTC), issuer(services), auth.Client("192.0.2.1", None), account
         )
     actor = await user_actor(services, signed.access_token)
     organization_id = next(iter(actor.roles))

@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from kindrobots.db.models import Conversation, Message
 from kindrobots.ids import from_global_id, to_global_id
+from kindrobots.security import redaction
 from tests.chat_helpers import ORIGIN, Deployed, deploy, widget_chat, widget_socket
 from tests.conftest import Client, RunningServer, backend_server, count_statements, sign_up
 from tests.jwks_server import AUDIENCE, ISSUER, JwksServer, SigningKey, claims
@@ -133,6 +134,8 @@ async def test_a_reload_resumes_the_conversation_by_its_token(
             select(Conversation.token_hash).where(Conversation.id == raw_id)
         )
     assert stored == hashlib.sha256(token.encode()).hexdigest()
+    # And should one ever reach a log line, it is redacted there.
+    assert token not in redaction.redact(f"continuing with {token}")
 
     # The HTTP API issues tokens too, and goes on with them.
     api = await send(client, shop.project_key, "Hello from the API")

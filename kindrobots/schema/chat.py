@@ -7,7 +7,7 @@ import enum
 import uuid
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -151,7 +151,9 @@ class WidgetConversation:
 @strawberry.input
 class RateMessageInput:
     message_id: strawberry.ID
-    rating: MessageRating | None = strawberry.field(description="null clears the rating.")
+    rating: MessageRating | None = strawberry.field(
+        default=None, description="null (or omitted) clears the rating."
+    )
     conversation_token: str | None = None
 
 
@@ -248,7 +250,7 @@ FEED_RETRY_AFTER = 30
 @dataclass(frozen=True)
 class Started:
     conversation_id: uuid.UUID
-    conversation_token: str | None = None
+    conversation_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

@@ -49,8 +49,13 @@ class RateLimited(PublicError):
     code = "RATE_LIMITED"
     default_message = "Too many requests."
 
-    def __init__(self, retry_after: int, message: str | None = None) -> None:
-        super().__init__(message, retryAfter=retry_after)
+    def __init__(
+        self, retry_after: int | None, message: str | None = None, **extensions: Any
+    ) -> None:
+        # None: waiting does not help (a conversation at its cap), so no retryAfter.
+        if retry_after is not None:
+            extensions["retryAfter"] = retry_after
+        super().__init__(message, **extensions)
 
 
 class PaymentRequired(PublicError):

@@ -72,7 +72,7 @@ DEMO_PAGE = """<!doctype html>
 DEMO_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; connect-src 'self'; "
-        "style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'; "
+        "style-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
         "frame-ancestors 'none'"
     ),
     "Cache-Control": "no-store",

@@ -22,7 +22,7 @@ CHAT = """
 subscription($input: ChatInput!) {
   chat(input: $input) {
     __typename
-    ... on ChatStarted { conversationId }
+    ... on ChatStarted { conversationId conversationToken }
     ... on ChatDelta { text }
     ... on ChatToolCall { name arguments result }
     ... on ChatCompleted { messageId usage { inputTokens outputTokens } }
@@ -123,11 +123,18 @@ async def widget_chat(
     origin: str | None = ORIGIN,
     token: str | None = None,
     conversation_id: str | None = None,
+    conversation_token: str | None = None,
 ) -> list[dict[str, Any]]:
     """Connect as a widget, send one message, return every chat event until complete."""
     events: list[dict[str, Any]] = []
     async with widget_socket(http, server, project_key, origin=origin, token=token) as ws:
-        variables = {"input": {"message": message, "conversationId": conversation_id}}
+        variables = {
+            "input": {
+                "message": message,
+                "conversationId": conversation_id,
+                "conversationToken": conversation_token,
+            }
+        }
         await ws.send_json(
             {"type": "subscribe", "id": "1", "payload": {"query": CHAT, "variables": variables}}
         )

@@ -485,8 +485,15 @@ async def subscribe_chat(
     message: str,
     conversation_id: str | None = None,
     operation_id: str = "1",
+    conversation_token: str | None = None,
 ) -> None:
-    variables = {"input": {"message": message, "conversationId": conversation_id}}
+    variables = {
+        "input": {
+            "message": message,
+            "conversationId": conversation_id,
+            "conversationToken": conversation_token,
+        }
+    }
     await ws.send_json(
         {
             "type": "subscribe",

@@ -285,7 +285,13 @@ async def test_complete_from_the_client_cancels_the_upstream_request_and_keeps_t
         assert partial.content == "Once upon a time"
 
         # The socket is still good for the next message of the same conversation.
-        await subscribe_chat(ws, "Go on", conversation_id, operation_id="2")
+        await subscribe_chat(
+            ws,
+            "Go on",
+            conversation_id,
+            operation_id="2",
+            conversation_token=events[0]["conversationToken"],
+        )
         follow_up = await read_text(ws, "Still here.")
         assert follow_up[0]["conversationId"] == conversation_id
         assert (await next_event(ws))["__typename"] == "ChatCompleted"

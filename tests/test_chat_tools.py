@@ -349,6 +349,7 @@ async def test_a_follow_up_message_sends_the_earlier_tool_call_and_its_result(
         setup.deployed.project_key,
         "Which carrier?",
         conversation_id=conversation_id,
+        conversation_token=first[0]["conversationToken"],
     )
     assert second[0]["conversationId"] == conversation_id
     assert streamed_text(second) == "With DHL."

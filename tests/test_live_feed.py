@@ -207,7 +207,12 @@ async def test_editors_see_every_message_of_their_project_and_no_other(
         await widget_chat(http, server, other.project_key, "Not for this feed")
         conversation = first[0]["conversationId"]
         second = await widget_chat(
-            http, server, shop.project_key, "And my refund?", conversation_id=conversation
+            http,
+            server,
+            shop.project_key,
+            "And my refund?",
+            conversation_id=conversation,
+            conversation_token=first[0]["conversationToken"],
         )
         expected = [
             (conversation, "user", "Where is my order?"),

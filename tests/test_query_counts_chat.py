@@ -45,14 +45,15 @@ async def test_conversation_messages_are_batched(
 
 async def chat_counted(
     http: aiohttp.ClientSession, server: RunningServer, project_key: str, conversation: str | None
-) -> tuple[str, int, int]:
-    """One widget message on an open connection: (conversation, statements, transactions)."""
+) -> tuple[str | None, int, int]:
+    """One widget message on an open connection, continuing the conversation of the token
+    ``conversation``: (a new conversation's token, statements, transactions)."""
     async with http.ws_connect(
         server.ws_url, protocols=["graphql-transport-ws"], headers={"Origin": ORIGIN}
     ) as ws:
         await ws.send_json({"type": "connection_init", "payload": {"projectKey": project_key}})
         assert (await ws.receive_json(timeout=10))["type"] == "connection_ack"
-        variables = {"input": {"message": "Where is my order?", "conversationId": conversation}}
+        variables = {"input": {"message": "Where is my order?", "conversationToken": conversation}}
         events: list[dict[str, Any]] = []
         with count_statements(server) as counter:
             await ws.send_json(
@@ -62,14 +63,16 @@ async def chat_counted(
                 assert "errors" not in frame["payload"], frame
                 events.append(frame["payload"]["data"]["chat"])
     assert events[-1]["__typename"] == "ChatCompleted", events
-    return events[0]["conversationId"], counter.count, counter.transactions
+    return events[0]["conversationToken"], counter.count, counter.transactions
 
 
 async def test_a_widget_message_costs_six_statements_in_three_transactions(
     client: Client, server: RunningServer, http: aiohttp.ClientSession
 ) -> None:
-    """DESIGN.md, performance: the project and agent read, the conversation and its first
-    message stored together, the reply stored — for a new conversation and a continued one."""
+    """DESIGN.md, performance: the project and agent read (with the day's and month's usage
+    for the budgets), the conversation and its first message stored together (a continued
+    conversation: its history read by token), the reply stored with the conversation's
+    spend and the day's usage (an upsert) — for a new conversation and a continued one."""
     account = await sign_up(client)
     deployed = await deploy(client, account)
     conversation, statements, transactions = await chat_counted(

@@ -39,6 +39,7 @@ NESTED: dict[str, tuple[str, str]] = {
     "LlmCredential.baseUrl": (CREDENTIAL % "id baseUrl", "ADMIN"),
     "LlmCredential.keyHint": (CREDENTIAL % "keyHint", "ADMIN"),
     "Agent.manifests": (AGENT % "manifests { name }", "VIEWER"),
+    "Agent.feedback": (AGENT % "feedback { up down }", "VIEWER"),
     "Organization.manifests": ("manifests { edges { node { name } } }", "VIEWER"),
     "Manifest.operations": (
         "manifests { edges { node { operations { operationId } } } }",
@@ -46,6 +47,7 @@ NESTED: dict[str, tuple[str, str]] = {
     ),
     "Organization.projects": ("projects { edges { node { name } } }", "VIEWER"),
     "Project.agent": ("projects { edges { node { agent { name } } } }", "VIEWER"),
+    "Project.usage": ("projects { edges { node { usage(days: 2) { day messages } } } }", "VIEWER"),
     "Organization.conversations": ("conversations { edges { node { id } } }", "VIEWER"),
     "Conversation.project": ("conversations { edges { node { project { name } } } }", "VIEWER"),
     "Conversation.messages": (

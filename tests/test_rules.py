@@ -51,8 +51,10 @@ async def owner(services: Services, name: str = "Acme") -> tuple[UserActor, uuid
     """A new account and its organization, as an actor holding OWNER there."""
     account = await auth.prepare_sign_up(unique_email(), "a long password", "Owner", name)
     async with services.write() as session:
+        # Issued now, not at NOW (import time): the access token must still be valid when a
+        # long suite reaches this module.
         signed = await auth.sign_up(
-            session, NOW, issuer(services), auth.Client("192.0.2.1", None), account
+            session, datetime.now(UTC), issuer(services), auth.Client("192.0.2.1", None), account
         )
     actor = await user_actor(services, signed.access_token)
     organization_id = next(iter(actor.roles))
@@ -296,7 +298,12 @@ async def test_a_turn_streams_and_stores_the_reply(server: RunningServer) -> Non
     # The next turn reads the history of that conversation.
     async with services.write() as session:
         second = await chat.open_turn(
-            session, widget, NOW + timedelta(seconds=2), turn.conversation_id, "And then?"
+            session,
+            widget,
+            NOW + timedelta(seconds=2),
+            turn.conversation_id,
+            "And then?",
+            conversation_token=turn.conversation_token,
         )
     assert [m.role for m in second.history] == ["user", "assistant"]
 

@@ -33,7 +33,7 @@ API_KEY = "fakekey-send-Jw3nT6yQ"
 SEND = """
 mutation($input: ChatInput!) {
   sendMessage(input: $input) {
-    conversationId messageId content usage { inputTokens outputTokens }
+    conversationId conversationToken messageId content usage { inputTokens outputTokens }
   }
 }
 """
@@ -48,12 +48,22 @@ async def set_up(
 
 
 async def send(
-    client: Client, project_key: str, message: str, conversation_id: str | None = None
+    client: Client,
+    project_key: str,
+    message: str,
+    conversation_id: str | None = None,
+    conversation_token: str | None = None,
 ) -> Response:
     """sendMessage as a server-to-server caller: the project key header, no Authorization."""
     return await client.execute(
         SEND,
-        {"input": {"message": message, "conversationId": conversation_id}},
+        {
+            "input": {
+                "message": message,
+                "conversationId": conversation_id,
+                "conversationToken": conversation_token,
+            }
+        },
         headers={"X-Project-Key": project_key},
     )
 
@@ -149,7 +159,8 @@ async def test_a_conversation_continues_with_its_history(
     assert first.errors == [], first.errors
     conversation_id = first.data["sendMessage"]["conversationId"]
 
-    second = await send(setup.client, key, "What is my name?", conversation_id)
+    token = first.data["sendMessage"]["conversationToken"]
+    second = await send(setup.client, key, "What is my name?", conversation_id, token)
 
     assert second.errors == [], second.errors
     assert second.data["sendMessage"]["conversationId"] == conversation_id
@@ -183,7 +194,8 @@ async def test_a_conversation_of_another_project_is_not_found(
     stranger = await set_up(llm_server, http, fake, await sign_up(owner.client))
     sibling = await deploy(owner.client, owner.account)
     for project_key in (stranger.deployed.project_key, sibling.project_key):
-        response = await send(owner.client, project_key, "Repeat that", conversation_id)
+        token = first.data["sendMessage"]["conversationToken"]
+        response = await send(owner.client, project_key, "Repeat that", conversation_id, token)
         assert response.codes == ["NOT_FOUND"], response.body
         assert "4242" not in json.dumps(response.body)
         # Over the widget WebSocket too (the subscription fails; nothing is streamed).
@@ -308,7 +320,13 @@ async def test_widget_and_api_replies_share_one_conversation(
     )
     events = await widget_chat(http, llm_server, setup.deployed.project_key, "Hi")
     conversation_id: Any = events[0]["conversationId"]
-    response = await send(setup.client, setup.deployed.project_key, "Again", conversation_id)
+    response = await send(
+        setup.client,
+        setup.deployed.project_key,
+        "Again",
+        conversation_id,
+        events[0]["conversationToken"],
+    )
     assert response.errors == [], response.errors
     stored = await stored_messages(llm_server, conversation_id)
     assert [(m.role, m.content) for m in stored] == [

@@ -52,6 +52,9 @@ class WidgetActor:
     origin: str | None = None
     expires_at: float | None = None
     ip: str | None = None
+    # The verified end-user JWT itself, kept only for the connection's lifetime, for tool
+    # calls of manifests that opted in; never stored, logged or shown (hence repr=False).
+    end_user_token: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:

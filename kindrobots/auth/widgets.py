@@ -90,7 +90,7 @@ async def authenticate_widget(
         raise WidgetRejected(
             FORBIDDEN, f"origin not allowed for the project: {str(origin)[:100]!r}"
         )
-    end_user, expires_at = None, None
+    end_user, expires_at, verified = None, None, None
     if project.access_mode == AccessMode.AUTHENTICATED.value:
         if not token:
             raise WidgetRejected(UNAUTHORIZED, "end-user token missing")
@@ -105,9 +105,15 @@ async def authenticate_widget(
             )
         except InvalidToken as exc:
             raise WidgetRejected(UNAUTHORIZED, f"end-user token refused: {exc.reason}") from None
-        end_user, expires_at = user.subject, user.expires_at
+        end_user, expires_at, verified = user.subject, user.expires_at, token
     return WidgetActor(
-        project.id, project.organization_id, end_user, project.publishable_key, origin, expires_at
+        project.id,
+        project.organization_id,
+        end_user,
+        project.publishable_key,
+        origin,
+        expires_at,
+        end_user_token=verified,
     )
 
 

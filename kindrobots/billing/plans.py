@@ -28,18 +28,39 @@ class Plan:
     chat_messages_per_minute: int
     monthly_tokens: int | None  # None: unlimited
     price_id: str | None
+    # Each project's default token budget per UTC day (None: unlimited); its monthly
+    # default is ``monthly_tokens``. A customer may set lower ones, never higher.
+    daily_token_budget: int | None = None
+
+
+# Each project's token budgets per UTC day and month on each tier (None: unlimited);
+# no setting changes them, so the rules that check a project's own budgets need none.
+TOKEN_BUDGETS: dict[Tier, tuple[int | None, int | None]] = {
+    Tier.STARTER: (20_000, 200_000),
+    Tier.PROFESSIONAL: (500_000, 5_000_000),
+    Tier.ENTERPRISE: (None, None),
+}
 
 
 def plans(settings: Settings) -> list[Plan]:
     return [
-        Plan(Tier.STARTER, "Starter", 1, 20, 200_000, settings.stripe_price_starter),
+        Plan(
+            Tier.STARTER,
+            "Starter",
+            1,
+            20,
+            TOKEN_BUDGETS[Tier.STARTER][1],
+            settings.stripe_price_starter,
+            daily_token_budget=TOKEN_BUDGETS[Tier.STARTER][0],
+        ),
         Plan(
             Tier.PROFESSIONAL,
             "Professional",
             5,
             120,
-            5_000_000,
+            TOKEN_BUDGETS[Tier.PROFESSIONAL][1],
             settings.stripe_price_professional,
+            daily_token_budget=TOKEN_BUDGETS[Tier.PROFESSIONAL][0],
         ),
         Plan(Tier.ENTERPRISE, "Enterprise", None, 600, None, settings.stripe_price_enterprise),
     ]

@@ -3,6 +3,11 @@
 Every call goes out through the SSRF guard with tight caps: the model chooses
 the arguments, so nothing it says may reach an internal address, send a header
 the operation did not declare, or pull an unbounded response into the context.
+
+A manifest that opted in (``forwardEndUserToken``) has its operations called with
+the verified end user's token of an AUTHENTICATED project as ``Authorization:
+Bearer``, and only on a URL under one of the manifest's own servers: the model
+cannot send that token anywhere else.
 """
 
 from __future__ import annotations
@@ -10,9 +15,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
+
+from yarl import URL
 
 from kindrobots.chat.providers import Tool
 from kindrobots.security.ssrf import Limits, OutboundFailed, OutboundRefused, outbound_request
@@ -25,12 +32,24 @@ FORBIDDEN_HEADERS = frozenset(
 
 
 @dataclass(frozen=True)
+class ManifestTools:
+    """One manifest's newest version as the agent uses it."""
+
+    servers: list[str]
+    operations: list[dict[str, Any]]
+    forward_end_user_token: bool = False
+
+
+@dataclass(frozen=True)
 class ToolSpec:
     tool: Tool
     method: str
     path: str
     locations: dict[str, str]
     server: str | None
+    # The end user's verified token, for an opted-in manifest only; never shown or logged.
+    bearer: str | None = field(default=None, repr=False)
+    servers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -39,12 +58,17 @@ class ToolOutcome:
     for_model: str  # what the model reads back, bounded
 
 
-def build_tools(manifests: Iterable[tuple[list[str], list[dict[str, Any]]]]) -> dict[str, ToolSpec]:
-    """One tool per operation of each manifest (servers, operations); names made unique."""
+def build_tools(
+    manifests: Iterable[ManifestTools], end_user_token: str | None = None
+) -> dict[str, ToolSpec]:
+    """One tool per operation of each manifest; names made unique. ``end_user_token``
+    goes to the operations of manifests that opted in, and to no other."""
     specs: dict[str, ToolSpec] = {}
-    for servers, operations in manifests:
+    for manifest in manifests:
+        servers = manifest.servers
         server = next((s for s in servers if s.startswith(("http://", "https://"))), None)
-        for operation in operations:
+        bearer = end_user_token if manifest.forward_end_user_token else None
+        for operation in manifest.operations:
             name = _unique(operation["operationId"], specs)
             specs[name] = ToolSpec(
                 tool=Tool(
@@ -58,8 +82,34 @@ def build_tools(manifests: Iterable[tuple[list[str], list[dict[str, Any]]]]) -> 
                 path=operation["path"],
                 locations=operation.get("locations", {}),
                 server=server,
+                bearer=bearer,
+                servers=tuple(servers),
             )
     return specs
+
+
+def on_declared_server(url: str, servers: Iterable[str]) -> bool:
+    """Whether ``url`` lies under one of ``servers``: same scheme, host and port, and a
+    path within the server's own (``https://api.example.com/v1`` admits ``/v1/...``)."""
+    try:
+        target = URL(url)
+    except (ValueError, TypeError):
+        return False
+    for server in servers:
+        try:
+            base = URL(server)
+        except (ValueError, TypeError):
+            continue
+        if not base.is_absolute() or (target.scheme, target.host, target.port) != (
+            base.scheme,
+            base.host,
+            base.port,
+        ):
+            continue
+        prefix = base.path.rstrip("/")
+        if target.path == prefix or target.path.startswith(prefix + "/"):
+            return True
+    return False
 
 
 def _unique(name: str, taken: dict[str, ToolSpec]) -> str:
@@ -108,6 +158,10 @@ async def execute(
     url = spec.server.rstrip("/") + path
     if query:
         url += "?" + "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in query.items())
+    if spec.bearer is not None:
+        if not on_declared_server(url, spec.servers):
+            return _failure("The call's URL is not on the manifest's servers.")
+        headers["Authorization"] = f"Bearer {spec.bearer}"
     try:
         response = await outbound_request(
             url,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     Boolean,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -265,6 +266,10 @@ class Manifest(Base):
     )
     name: Mapped[str] = mapped_column(String(100))
     version: Mapped[int] = mapped_column(Integer, default=1)
+    # Opt-in: tool calls of AUTHENTICATED projects carry the end user's verified token.
+    forward_end_user_token: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=text("false")
+    )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -340,6 +345,11 @@ class Project(Base):
     jwks_url: Mapped[str | None] = mapped_column(String(2048))
     jwt_issuer: Mapped[str | None] = mapped_column(String(2048))
     jwt_audience: Mapped[str | None] = mapped_column(String(2048))
+    # The customer's own token budgets, at most the plan's; NULL: the plan's budget.
+    daily_token_budget: Mapped[int | None] = mapped_column(Integer)
+    monthly_token_budget: Mapped[int | None] = mapped_column(Integer)
+    # Tokens one conversation may spend in all; NULL: no cap.
+    conversation_token_cap: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -362,6 +372,10 @@ class Conversation(Base):
     project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     # The end user's JWT subject on AUTHENTICATED projects; anonymous widgets have none.
     end_user: Mapped[str | None] = mapped_column(String(255))
+    # SHA-256 of the widget's conversation token (the secret is only ever sent once).
+    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    # Input and output tokens of every reply so far (the per-conversation cap).
+    tokens_used: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -370,6 +384,7 @@ class Message(Base):
     __tablename__ = "messages"
     __table_args__ = (
         Index("ix_messages_conversation_created", "conversation_id", "created_at", "id"),
+        Index("ix_messages_agent_rating", "agent_id", "rating"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -386,7 +401,45 @@ class Message(Base):
     tool_calls: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
     input_tokens: Mapped[int] = mapped_column(Integer, default=0)
     output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    # The agent that wrote an assistant message (a project may change agents later).
+    agent_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("agents.id", ondelete="SET NULL"))
+    # The visitor's thumbs up or down on an assistant message: UP, DOWN or NULL.
+    rating: Mapped[str | None] = mapped_column(String(8))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ProjectUsage(Base):
+    """One project's chat on one UTC day, counted in the transaction of each stored reply:
+    what the token budgets are checked against and the dashboard's usage."""
+
+    __tablename__ = "project_usage"
+    __table_args__ = (Index("ix_project_usage_org_day", "organization_id", "day"),)
+
+    project_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE")
+    )
+    messages: Mapped[int] = mapped_column(Integer, default=0)
+    input_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    # Messages refused because a token budget or cap was spent.
+    refusals: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class BudgetAlert(Base):
+    """A spent budget the owner was told about: the primary key makes it once per project
+    and period (``day:2026-12-02``, ``month:2026-12``), on every instance."""
+
+    __tablename__ = "budget_alerts"
+
+    project_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
+    )
+    period: Mapped[str] = mapped_column(String(16), primary_key=True)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class BillingAccount(Base):

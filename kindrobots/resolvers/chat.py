@@ -7,18 +7,24 @@ the provider without holding a connection, and :func:`store_reply` stores the
 reply — complete, or marked partial when the stream breaks or the client leaves.
 Every stored message is published (:func:`publish`) so that a dashboard on any
 instance sees it.
+
+A widget's new conversation comes with a conversation token (returned once, stored as
+its SHA-256): on PUBLIC projects only its holder may read or continue the conversation;
+on AUTHENTICATED projects the end user's subject binds it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import secrets
 import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kindrobots import metrics
@@ -54,10 +60,11 @@ from kindrobots.db.models import (
     Message,
     Organization,
     Project,
+    ProjectUsage,
 )
 from kindrobots.db.pagination import Page, paginate
-from kindrobots.errors import BadUserInput, NotFound
-from kindrobots.resolvers import validation
+from kindrobots.errors import BadUserInput, NotFound, RateLimited
+from kindrobots.resolvers import usage, validation
 from kindrobots.resolvers.access import member_organizations, organization_page, scoped_get
 from kindrobots.resolvers.credentials import open_api_key
 from kindrobots.security.crypto import KeyRing
@@ -66,6 +73,18 @@ logger = logging.getLogger("kindrobots.chat")
 
 MAX_MESSAGE_CHARS = 8000
 HISTORY_MESSAGES = 50
+# What a widget shows when it resumes a conversation.
+WIDGET_HISTORY_MESSAGES = 200
+CONVERSATION_TOKEN_PREFIX = "ct_"  # noqa: S105 (a prefix, not a secret)
+RATINGS = frozenset({"UP", "DOWN"})
+
+
+def new_conversation_token() -> str:
+    return CONVERSATION_TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def conversation_token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -77,14 +96,43 @@ class ChatTarget:
     tier: Tier
     agent: Agent
     credential: LlmCredential | None
-    manifests: list[tuple[list[str], list[dict[str, Any]]]] = field(default_factory=list)
+    manifests: list[tools.ManifestTools] = field(default_factory=list)
+    # Tokens the project spent today and this month (UTC), for its budgets.
+    day_tokens: int = 0
+    month_tokens: int = 0
+
+
+def month_start(now: datetime) -> datetime:
+    return now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def next_month(now: datetime) -> datetime:
+    start = month_start(now)
+    return (start + timedelta(days=32)).replace(day=1)
 
 
 async def load_target(
     session: AsyncSession, actor: WidgetActor, now: datetime | None = None
 ) -> ChatTarget:
-    """Everything one message needs, in one statement (a row per manifest of the agent);
-    FORBIDDEN or UNAUTHENTICATED when the project no longer admits the widget."""
+    """Everything one message needs, in one statement (a row per manifest of the agent,
+    with the project's token usage of today and this month for its budgets); FORBIDDEN or
+    UNAUTHENTICATED when the project no longer admits the widget."""
+    now = now or datetime.now(UTC)
+    spent = func.coalesce(func.sum(ProjectUsage.input_tokens + ProjectUsage.output_tokens), 0)
+    today = now.astimezone(UTC).date()
+    day_tokens = (
+        select(spent)
+        .where(ProjectUsage.project_id == actor.project_id, ProjectUsage.day == today)
+        .scalar_subquery()
+    )
+    month_tokens = (
+        select(spent)
+        .where(
+            ProjectUsage.project_id == actor.project_id,
+            ProjectUsage.day >= month_start(now).date(),
+        )
+        .scalar_subquery()
+    )
     rows = (
         await session.execute(
             select(
@@ -95,6 +143,9 @@ async def load_target(
                 Agent,
                 LlmCredential,
                 ManifestVersion,
+                Manifest.forward_end_user_token,
+                day_tokens,
+                month_tokens,
             )
             .join(Organization, Organization.id == Project.organization_id)
             .join(Agent, Agent.id == Project.agent_id)
@@ -113,15 +164,17 @@ async def load_target(
         )
     ).all()
     still_allowed(actor, rows[0][0] if rows else None, rows[0][3] if rows else None)
-    project, tier, grace_until, _, agent, credential, _ = rows[0]
+    project, tier, grace_until, _, agent, credential, *_, day, month = rows[0]
     manifests = [
-        (list(version.servers), list(version.operations))
-        for *_, version in rows
+        tools.ManifestTools(list(version.servers), list(version.operations), bool(forward))
+        for *_, version, forward, _day, _month in rows
         if version is not None
     ]
     # The tier in force as of this message (a lapsed past-due grace period is Starter).
-    tier_now = effective_tier(tier, grace_until, now or datetime.now(UTC))
-    return ChatTarget(project, tier_now, agent, credential, manifests)
+    tier_now = effective_tier(tier, grace_until, now)
+    return ChatTarget(
+        project, tier_now, agent, credential, manifests, int(day or 0), int(month or 0)
+    )
 
 
 @dataclass
@@ -133,6 +186,22 @@ class OpenTurn:
     organization_id: uuid.UUID
     history: list[Message]
     message: Message
+    # The agent answering (recorded on the reply, where feedback is counted).
+    agent_id: uuid.UUID | None = None
+    # A new conversation's token: handed to the widget once, never stored in clear.
+    conversation_token: str | None = field(default=None, repr=False)
+
+
+class ConversationCapReached(RateLimited):
+    """The conversation spent its project's ``conversationTokenCap``: only a new
+    conversation can go on (waiting does not help, hence no ``retryAfter``)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            None,
+            "This conversation has reached its length limit; start a new conversation.",
+            limit="conversationTokenCap",
+        )
 
 
 def check_message(text: str) -> str:
@@ -142,34 +211,51 @@ def check_message(text: str) -> str:
     return validation.no_nul(text, "message")
 
 
+def _own_conversation(
+    actor: WidgetActor, conversation_id: uuid.UUID | None, token: str | None
+) -> list[Any]:
+    """The conditions of "a conversation this widget caller may read": of its project; on
+    PUBLIC projects (no end user) only by its token, on AUTHENTICATED ones only the end
+    user's own (by ID or token). Both given must name the same conversation."""
+    if actor.end_user is None and token is None:
+        raise NotFound("The conversation was not found.")
+    conditions: list[Any] = [
+        Conversation.project_id == actor.project_id,
+        Conversation.end_user.is_(None)
+        if actor.end_user is None
+        else Conversation.end_user == actor.end_user,
+    ]
+    if token is not None:
+        conditions.append(Conversation.token_hash == conversation_token_hash(token))
+    if conversation_id is not None:
+        conditions.append(Conversation.id == conversation_id)
+    return conditions
+
+
 async def _history(
-    session: AsyncSession, actor: WidgetActor, conversation_id: uuid.UUID
-) -> list[Message]:
-    """The newest messages of one of the widget's own conversations, oldest first.
+    session: AsyncSession,
+    actor: WidgetActor,
+    conversation_id: uuid.UUID | None,
+    token: str | None,
+) -> tuple[uuid.UUID, int, list[Message]]:
+    """One of the widget's own conversations: its id, the tokens it spent and its newest
+    messages, oldest first — in one statement.
 
     A conversation is never stored without its first message, so no rows means no
     such conversation for this caller: NOT_FOUND.
     """
     rows = (
-        await session.scalars(
-            select(Message)
+        await session.execute(
+            select(Message, Conversation.tokens_used)
             .join(Conversation, Conversation.id == Message.conversation_id)
-            .where(
-                Conversation.id == conversation_id,
-                Conversation.project_id == actor.project_id,
-                # An anonymous widget may continue only anonymous conversations, and
-                # an end user only their own.
-                Conversation.end_user.is_(None)
-                if actor.end_user is None
-                else Conversation.end_user == actor.end_user,
-            )
+            .where(*_own_conversation(actor, conversation_id, token))
             .order_by(Message.created_at.desc(), Message.id.desc())
             .limit(HISTORY_MESSAGES)
         )
     ).all()
     if not rows:
         raise NotFound("The conversation was not found.")
-    return list(reversed(rows))
+    return rows[0][0].conversation_id, int(rows[0][1]), [row[0] for row in reversed(rows)]
 
 
 async def open_turn(
@@ -178,25 +264,41 @@ async def open_turn(
     now: datetime,
     conversation_id: uuid.UUID | None,
     text: str,
+    *,
+    conversation_token: str | None = None,
+    agent_id: uuid.UUID | None = None,
+    token_cap: int | None = None,
 ) -> OpenTurn:
-    """Store the user's message; a new conversation is stored with it, in one unit."""
+    """Store the user's message; a new conversation is stored with it, in one unit, and
+    gets a new conversation token. A conversation that spent ``token_cap`` goes no further.
+
+    The conversation's ``updated_at`` moves when the reply is stored (one statement
+    fewer per message; a turn whose reply never started leaves it where it was).
+    """
     text = check_message(text)
-    if conversation_id is None:
+    new_token: str | None = None
+    if conversation_id is None and conversation_token is None:
         conversation_id = uuid.uuid4()
+        new_token = new_conversation_token()
         session.add(
             Conversation(
                 id=conversation_id,
                 organization_id=actor.organization_id,
                 project_id=actor.project_id,
                 end_user=actor.end_user,
+                token_hash=conversation_token_hash(new_token),
+                tokens_used=0,
                 created_at=now,
                 updated_at=now,
             )
         )
         history: list[Message] = []
     else:
-        history = await _history(session, actor, conversation_id)
-        await _touch(session, conversation_id, now)
+        conversation_id, tokens_used, history = await _history(
+            session, actor, conversation_id, conversation_token
+        )
+        if token_cap is not None and tokens_used >= token_cap:
+            raise ConversationCapReached()
     message = Message(
         id=uuid.uuid4(),
         organization_id=actor.organization_id,
@@ -207,7 +309,15 @@ async def open_turn(
     )
     session.add(message)
     await session.flush()
-    return OpenTurn(conversation_id, actor.project_id, actor.organization_id, history, message)
+    return OpenTurn(
+        conversation_id,
+        actor.project_id,
+        actor.organization_id,
+        history,
+        message,
+        agent_id,
+        new_token,
+    )
 
 
 @dataclass
@@ -262,14 +372,22 @@ def _turns(messages: list[Message]) -> list[Turn]:
 
 
 async def stream_reply(
-    settings: Settings, keyring: KeyRing, target: ChatTarget, turn: OpenTurn, reply: Reply
+    settings: Settings,
+    keyring: KeyRing,
+    target: ChatTarget,
+    turn: OpenTurn,
+    reply: Reply,
+    end_user_token: str | None = None,
 ) -> AsyncGenerator[TextDelta | runtime.ToolRun, None]:
     """The agent's answer as it streams, gathered into ``reply`` on the way.
+
+    ``end_user_token`` (the verified end user's JWT of an AUTHENTICATED project) goes
+    only to the operations of manifests that opted in, on their own servers.
 
     Raises :class:`ProviderError` when the provider fails; closing the generator
     (the client left) ends the upstream request with it.
     """
-    specs = tools.build_tools(target.manifests)
+    specs = tools.build_tools(target.manifests, end_user_token)
     agent = target.agent
     request = ChatRequest(
         model=agent.model,
@@ -323,6 +441,8 @@ def _tool_outcome(result: Any) -> str:
 async def store_reply(
     session: AsyncSession, now: datetime, turn: OpenTurn, reply: Reply, *, partial: bool
 ) -> Message:
+    """The reply, the conversation's activity and spend, and the project's usage of the
+    day: three statements in the caller's transaction, so usage never misses a reply."""
     message = Message(
         id=uuid.uuid4(),
         organization_id=turn.organization_id,
@@ -333,21 +453,27 @@ async def store_reply(
         tool_calls=reply.runs,
         input_tokens=reply.usage.input_tokens,
         output_tokens=reply.usage.output_tokens,
+        agent_id=turn.agent_id,
         created_at=now,
     )
     session.add(message)
-    await _touch(session, turn.conversation_id, now)
-    return message
-
-
-async def _touch(session: AsyncSession, conversation_id: uuid.UUID, now: datetime) -> None:
-    """The conversation was active at ``now`` (one UPDATE; nothing read back)."""
+    spent = reply.usage.input_tokens + reply.usage.output_tokens
     await session.execute(
         update(Conversation)
-        .where(Conversation.id == conversation_id)
-        .values(updated_at=now)
+        .where(Conversation.id == turn.conversation_id)
+        .values(updated_at=now, tokens_used=Conversation.tokens_used + spent)
         .execution_options(synchronize_session=False)
     )
+    await usage.count(
+        session,
+        now,
+        turn.project_id,
+        turn.organization_id,
+        messages=1,
+        input_tokens=reply.usage.input_tokens,
+        output_tokens=reply.usage.output_tokens,
+    )
+    return message
 
 
 def channel(project_id: uuid.UUID) -> str:
@@ -408,3 +534,59 @@ async def get_conversation(
 
 async def get_message(session: AsyncSession, actor: UserActor, message_id: uuid.UUID) -> Message:
     return await scoped_get(session, actor, Message, message_id)
+
+
+async def widget_conversation(
+    session: AsyncSession, actor: WidgetActor, token: str | None
+) -> tuple[uuid.UUID, list[Message]] | None:
+    """The widget caller's own conversation and its newest messages, oldest first: by its
+    token, or (AUTHENTICATED, no token) the end user's most recent one. None for anything
+    the caller may not read, exactly as for a token that does not exist."""
+    if actor.end_user is None and token is None:
+        return None
+    conversation_id = await session.scalar(
+        select(Conversation.id)
+        .where(*_own_conversation(actor, None, token))
+        .order_by(Conversation.updated_at.desc(), Conversation.id.desc())
+        .limit(1)
+    )
+    if conversation_id is None:
+        return None
+    rows = (
+        await session.scalars(
+            select(Message)
+            .where(Message.conversation_id == conversation_id)
+            .order_by(Message.created_at.desc(), Message.id.desc())
+            .limit(WIDGET_HISTORY_MESSAGES)
+        )
+    ).all()
+    return conversation_id, list(reversed(rows))
+
+
+async def rate_message(
+    session: AsyncSession,
+    actor: WidgetActor,
+    now: datetime,
+    message_id: uuid.UUID,
+    rating: str | None,
+    token: str | None,
+) -> Message:
+    """The visitor's thumbs up or down (None clears) on an assistant message of their own
+    conversation; any other message is NOT_FOUND, like one that does not exist."""
+    if rating is not None and rating not in RATINGS:
+        raise BadUserInput("rating", "A rating is UP or DOWN.")
+    message = await session.scalar(
+        select(Message)
+        .join(Conversation, Conversation.id == Message.conversation_id)
+        .where(
+            Message.id == message_id,
+            Message.role == "assistant",
+            *_own_conversation(actor, None, token),
+        )
+        .with_for_update(of=Message)
+    )
+    if message is None:
+        raise NotFound("The message was not found.")
+    message.rating = rating
+    await session.flush()
+    return message

@@ -9,7 +9,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import and_, func, select
@@ -27,10 +27,12 @@ from kindrobots.db.models import (
     Message,
     Organization,
     Project,
+    ProjectUsage,
     User,
 )
 from kindrobots.db.pagination import Page, first_page
 from kindrobots.resolvers.access import member_organizations
+from kindrobots.resolvers.usage import UsageDay, usage_days
 
 # Opens a short read session: loaders batch across sibling fields that run concurrently,
 # so each batch reads in a session of its own.
@@ -164,6 +166,56 @@ def _first_messages(
     return DataLoader(load_fn=load)
 
 
+def _feedback(read: ReadSession, actor: UserActor) -> DataLoader[uuid.UUID, dict[str, int]]:
+    """Ratings of many agents' messages, counted in one grouped statement."""
+
+    async def load(agent_ids: Sequence[uuid.UUID]) -> list[dict[str, int]]:
+        async with read() as session:
+            rows = (
+                await session.execute(
+                    select(Message.agent_id, Message.rating, func.count())
+                    .where(
+                        Message.agent_id.in_(agent_ids),
+                        Message.rating.is_not(None),
+                        Message.organization_id.in_(member_organizations(actor)),
+                    )
+                    .group_by(Message.agent_id, Message.rating)
+                )
+            ).all()
+        counts: dict[uuid.UUID, dict[str, int]] = defaultdict(dict)
+        for agent_id, rating, number in rows:
+            if agent_id is not None and rating is not None:  # both filtered in SQL
+                counts[agent_id][rating] = int(number)
+        return [counts[agent_id] for agent_id in agent_ids]
+
+    return DataLoader(load_fn=load)
+
+
+def _usage(
+    read: ReadSession, actor: UserActor
+) -> DataLoader[tuple[uuid.UUID, int, date], list[UsageDay]]:
+    """Many projects' daily usage (project, days, today) in one statement."""
+
+    async def load(keys: Sequence[tuple[uuid.UUID, int, date]]) -> list[list[UsageDay]]:
+        first = min(today - timedelta(days=days - 1) for _, days, today in keys)
+        async with read() as session:
+            rows = (
+                await session.scalars(
+                    select(ProjectUsage).where(
+                        ProjectUsage.project_id.in_({key[0] for key in keys}),
+                        ProjectUsage.organization_id.in_(member_organizations(actor)),
+                        ProjectUsage.day >= first,
+                    )
+                )
+            ).all()
+        grouped: dict[uuid.UUID, list[ProjectUsage]] = defaultdict(list)
+        for row in rows:
+            grouped[row.project_id].append(row)
+        return [usage_days(grouped[project], days, today) for project, days, today in keys]
+
+    return DataLoader(load_fn=load)
+
+
 @dataclass
 class Loaders:
     user: DataLoader[uuid.UUID, User | None]
@@ -174,6 +226,8 @@ class Loaders:
     agent_manifests: DataLoader[uuid.UUID, list[Manifest]]
     latest_version: DataLoader[uuid.UUID, ManifestVersion | None]
     first_messages: DataLoader[tuple[uuid.UUID, int], Page[Message]]
+    feedback: DataLoader[uuid.UUID, dict[str, int]]
+    usage: DataLoader[tuple[uuid.UUID, int, date], list[UsageDay]]
 
 
 def build_loaders(read: ReadSession, actor: UserActor) -> Loaders:
@@ -187,6 +241,8 @@ def build_loaders(read: ReadSession, actor: UserActor) -> Loaders:
         agent_manifests=_manifests_of_agents(read, actor),
         latest_version=_latest_versions(read, actor),
         first_messages=_first_messages(read, actor),
+        feedback=_feedback(read, actor),
+        usage=_usage(read, actor),
     )
 
 
@@ -213,6 +269,7 @@ class ManifestRow:
     name: str
     version: int
     created_at: datetime
+    forward_end_user_token: bool
 
 
 @dataclass(frozen=True)
@@ -261,6 +318,7 @@ async def manifests_by_agent(
             Manifest.name,
             Manifest.version,
             Manifest.created_at,
+            Manifest.forward_end_user_token,
         )
         .join(Manifest, Manifest.id == AgentManifest.manifest_id)
         .where(
@@ -271,10 +329,10 @@ async def manifests_by_agent(
         .order_by(AgentManifest.agent_id, AgentManifest.position)
     )
     shared: dict[uuid.UUID, ManifestRow] = {}
-    for agent_id, manifest_id, organization, name, version, created_at in rows:
+    for agent_id, manifest_id, organization, name, version, created_at, forward in rows:
         manifest = shared.get(manifest_id)
         if manifest is None:
-            manifest = ManifestRow(manifest_id, organization, name, version, created_at)
+            manifest = ManifestRow(manifest_id, organization, name, version, created_at, forward)
             shared[manifest_id] = manifest
         grouped[agent_id].append(manifest)
     return grouped

@@ -115,8 +115,11 @@ async def create_manifest(
     organization_id: uuid.UUID,
     name: str,
     document: Document,
+    *,
+    forward_end_user_token: bool = False,
 ) -> Manifest:
-    """Store a new manifest, or a new version of the one with this name."""
+    """Store a new manifest, or a new version of the one with this name. Each version
+    says again whether tool calls carry the end user's token (``forward_end_user_token``)."""
     name = validation.text(name, "name", 100)
     source_url = document.source_url
     # Two imports under one name must become versions 1 and 2, not a unique-key error.
@@ -133,6 +136,7 @@ async def create_manifest(
         await _check_agents_fit(session, manifest, len(document.parsed.operations))
         manifest.version += 1
         manifest.updated_at = now
+    manifest.forward_end_user_token = forward_end_user_token
     operations = document.parsed.operations
     session.add(
         ManifestVersion(
@@ -157,6 +161,7 @@ async def create_manifest(
             "version": manifest.version,
             "operations": len(operations),
             "sourceUrl": source_url,
+            "forwardEndUserToken": forward_end_user_token,
         },
     )
     return manifest

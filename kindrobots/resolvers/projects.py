@@ -11,10 +11,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kindrobots.auth.principals import UserActor
+from kindrobots.billing.plans import TOKEN_BUDGETS, effective_tier
 from kindrobots.config import Settings
 from kindrobots.db.enums import AccessMode
 from kindrobots.db.locks import lock_organization
-from kindrobots.db.models import Agent, Project
+from kindrobots.db.models import Agent, Organization, Project
 from kindrobots.db.pagination import Page
 from kindrobots.errors import BadUserInput, NotFound
 from kindrobots.resolvers import audit, security_events, validation
@@ -28,7 +29,20 @@ def new_publishable_key() -> str:
 
 
 # The fields an update may set to null (API: an omitted field is unchanged, null clears).
-CLEARABLE = ("jwks_url", "jwt_issuer", "jwt_audience")
+CLEARABLE = (
+    "jwks_url",
+    "jwt_issuer",
+    "jwt_audience",
+    "daily_token_budget",
+    "monthly_token_budget",
+    "conversation_token_cap",
+)
+BUDGET_FIELDS = {
+    "daily_token_budget": "dailyTokenBudget",
+    "monthly_token_budget": "monthlyTokenBudget",
+    "conversation_token_cap": "conversationTokenCap",
+}
+MAX_TOKENS = 2**31 - 1
 
 
 @dataclass
@@ -43,6 +57,9 @@ class ProjectFields:
     jwks_url: str | None = None
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
+    daily_token_budget: int | None = None
+    monthly_token_budget: int | None = None
+    conversation_token_cap: int | None = None
     cleared: frozenset[str] = field(default_factory=frozenset)
 
 
@@ -65,7 +82,24 @@ async def validate(settings: Settings, fields: ProjectFields) -> ProjectFields:
         fields.jwt_issuer = validation.text(fields.jwt_issuer, "jwtIssuer", 2048)
     if fields.jwt_audience is not None:
         fields.jwt_audience = validation.text(fields.jwt_audience, "jwtAudience", 2048)
+    for name, public in BUDGET_FIELDS.items():
+        value = getattr(fields, name)
+        least = 1 if name == "conversation_token_cap" else 0
+        if value is not None and not least <= value <= MAX_TOKENS:
+            raise BadUserInput(public, f"{public} is {least} to {MAX_TOKENS} tokens.")
     return fields
+
+
+def _check_budgets(project: Project, organization: Organization, now: datetime) -> None:
+    """A project's own token budgets may lower its plan's, never raise them."""
+    tier = effective_tier(organization.tier, organization.tier_grace_until, now)
+    daily, monthly = TOKEN_BUDGETS[tier]
+    for name, own, most in (
+        ("dailyTokenBudget", project.daily_token_budget, daily),
+        ("monthlyTokenBudget", project.monthly_token_budget, monthly),
+    ):
+        if own is not None and most is not None and own > most:
+            raise BadUserInput(name, f"The {tier.value} plan allows at most {most} tokens.")
 
 
 def _check_authenticated(project: Project) -> None:
@@ -107,12 +141,18 @@ async def create_project(
         jwks_url=fields.jwks_url,
         jwt_issuer=fields.jwt_issuer,
         jwt_audience=fields.jwt_audience,
+        daily_token_budget=fields.daily_token_budget,
+        monthly_token_budget=fields.monthly_token_budget,
+        conversation_token_cap=fields.conversation_token_cap,
         created_at=now,
         updated_at=now,
     )
     _check_authenticated(project)
     # Ordered with deleteAgent: the agent cannot vanish between the check and the insert.
-    await lock_organization(session, organization_id)
+    organization = await lock_organization(session, organization_id)
+    if organization is None:
+        raise NotFound()
+    _check_budgets(project, organization, now)
     await _agent_in(session, organization_id, fields.agent_id)
     session.add(project)
     await session.flush()
@@ -152,6 +192,7 @@ async def update_project(
         "jwks_url",
         "jwt_issuer",
         "jwt_audience",
+        *BUDGET_FIELDS,
     ):
         value = getattr(fields, name)
         if name in fields.cleared:
@@ -165,6 +206,10 @@ async def update_project(
         project.access_mode = fields.access_mode.value
         changed.append("access_mode")
     _check_authenticated(project)
+    if {"daily_token_budget", "monthly_token_budget"} & set(changed):
+        organization = await session.get(Organization, project.organization_id)
+        assert organization is not None  # locked with the project
+        _check_budgets(project, organization, now)
     project.updated_at = now
     await audit.record(
         session,

@@ -25,7 +25,7 @@ from kindrobots.schema.auth import AuthMutation, AuthQuery
 from kindrobots.schema.base import Info
 from kindrobots.schema.billing import BillingMutation
 from kindrobots.schema.callers import begin_operation
-from kindrobots.schema.chat import ChatMutation, ChatSubscription
+from kindrobots.schema.chat import ChatMutation, ChatQuery, ChatSubscription
 from kindrobots.schema.credentials import CredentialMutation
 from kindrobots.schema.data_rights import DataRightsMutation
 from kindrobots.schema.directives import install_rate_limits
@@ -47,7 +47,7 @@ from kindrobots.security.documents import (
 from kindrobots.security.errors import PublicErrors
 from kindrobots.security.operation_limits import OperationLimits, OperationLimitsExtension
 
-Query = merge_types("Query", (NodeQuery, AuthQuery, OrganizationQuery))
+Query = merge_types("Query", (NodeQuery, AuthQuery, OrganizationQuery, ChatQuery))
 Mutation = merge_types(
     "Mutation",
     (

@@ -29,6 +29,12 @@ from kindrobots.schema.permissions import (
 from kindrobots.schema.plain import UNLOADED, Unloaded, preloaded, selected
 
 
+@strawberry.type
+class MessageFeedback:
+    up: int
+    down: int
+
+
 @strawberry.type(name="Agent")
 class AgentType(Node):
     name: str
@@ -60,6 +66,11 @@ class AgentType(Node):
             return None
         row = await loaders(info).credential.load(self.credential_id)
         return LlmCredentialType.from_row(row) if row else None
+
+    @strawberry.field(description="Visitors' ratings of this agent's replies.")
+    async def feedback(self, info: Info) -> MessageFeedback:
+        counts = await loaders(info).feedback.load(self.agent_id)
+        return MessageFeedback(up=counts.get("UP", 0), down=counts.get("DOWN", 0))
 
     @strawberry.field(metadata=preloaded("preloaded_manifests"))
     async def manifests(self, info: Info) -> list[ManifestType]:

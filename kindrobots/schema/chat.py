@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import uuid
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
 
 import strawberry
 from strawberry.scalars import JSON
 
+from kindrobots.billing.plans import plan_for
 from kindrobots.chat.coalesce import coalesce
 from kindrobots.chat.providers import ProviderError, TextDelta, Usage
 from kindrobots.chat.runtime import ToolRun
@@ -22,7 +24,7 @@ from kindrobots.db.enums import Role
 from kindrobots.db.pagination import check_first
 from kindrobots.errors import NotFound, RateLimited, UpstreamError
 from kindrobots.ids import from_global_id, to_global_id
-from kindrobots.resolvers import chat
+from kindrobots.resolvers import chat, usage
 from kindrobots.resolvers.access import require_role
 from kindrobots.schema.base import Connection, Info, Node, to_connection
 from kindrobots.schema.callers import identify
@@ -46,9 +48,24 @@ class TokenUsage:
     output_tokens: int
 
 
+@strawberry.enum
+class MessageRating(enum.Enum):
+    UP = "UP"
+    DOWN = "DOWN"
+
+
+def _rating(value: str | None) -> MessageRating | None:
+    return MessageRating(value) if value else None
+
+
 @strawberry.type
 class ChatStarted:
     conversation_id: strawberry.ID
+    conversation_token: str | None = strawberry.field(
+        default=None,
+        description="A new conversation's token (once): keep it to continue the "
+        "conversation and read its history; null when the conversation went on.",
+    )
 
 
 @strawberry.type
@@ -87,6 +104,11 @@ ChatEvent = Annotated[
 class ChatInput:
     message: str
     conversation_id: strawberry.ID | None = None
+    conversation_token: str | None = strawberry.field(
+        default=None,
+        description="Continues the conversation this token was issued for (PUBLIC projects "
+        "need it; AUTHENTICATED ones may use it or the ID).",
+    )
 
 
 @strawberry.type
@@ -95,6 +117,45 @@ class ChatReply:
     message_id: strawberry.ID
     content: str
     usage: TokenUsage
+    conversation_token: str | None = strawberry.field(
+        default=None, description="A new conversation's token (once); else null."
+    )
+
+
+@strawberry.type
+class WidgetMessage:
+    id: strawberry.ID
+    role: str
+    content: str
+    rating: MessageRating | None
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: models.Message) -> WidgetMessage:
+        return cls(
+            id=strawberry.ID(to_global_id("Message", row.id)),
+            role=row.role,
+            content=row.content,
+            rating=_rating(row.rating),
+            created_at=row.created_at,
+        )
+
+
+@strawberry.type
+class WidgetConversation:
+    id: strawberry.ID
+    messages: list[WidgetMessage] = strawberry.field(
+        description="The newest 200 messages, oldest first."
+    )
+
+
+@strawberry.input
+class RateMessageInput:
+    message_id: strawberry.ID
+    rating: MessageRating | None = strawberry.field(
+        default=None, description="null (or omitted) clears the rating."
+    )
+    conversation_token: str | None = None
 
 
 @strawberry.type(name="Message")
@@ -102,6 +163,9 @@ class MessageType(Node):
     role: str
     content: str
     created_at: datetime
+    rating: MessageRating | None = strawberry.field(
+        default=None, description="The visitor's feedback on an assistant message."
+    )
 
     @classmethod
     def from_row(cls, row: models.Message) -> MessageType:
@@ -110,6 +174,7 @@ class MessageType(Node):
             role=row.role,
             content=row.content,
             created_at=row.created_at,
+            rating=_rating(row.rating),
         )
 
     @classmethod
@@ -171,6 +236,14 @@ def _conversation_id(raw: strawberry.ID | None) -> uuid.UUID | None:
     return from_global_id(raw, "Conversation") if raw else None
 
 
+# Checked in this order, so a visitor over their own limit spends nothing of the
+# project's: one visitor (or one address minting visitors) cannot stop the others.
+CHAT_LIMITS = [
+    RateLimit(limit=10, window=60, per=RateLimitKey.VISITOR),
+    RateLimit(limit=30, window=3600, per=RateLimitKey.NEW_VISITOR),
+    RateLimit(limit=20, window=60, per=RateLimitKey.PROJECT, from_plan=True),
+]
+
 # Seconds a caller over its live-feed cap is told to wait: feeds end when sockets close.
 FEED_RETRY_AFTER = 30
 
@@ -178,6 +251,7 @@ FEED_RETRY_AFTER = 30
 @dataclass(frozen=True)
 class Started:
     conversation_id: uuid.UUID
+    conversation_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -207,19 +281,57 @@ async def _store_reply(
     return message
 
 
+async def _refuse(services: Services, info: Info, refusal: usage.Refusal) -> None:
+    """Count a message refused by a budget (and tell the owner once), then refuse it."""
+    async with services.write() as session:
+        await usage.record_refusal(session, widget(info).actor, info.now(), refusal)
+    raise refusal.error
+
+
+async def _open_turn(info: Info, input: ChatInput) -> chat.OpenTurn:
+    """The user's message stored, unless a budget or the conversation's cap is spent:
+    then nothing is stored and no upstream call will be made."""
+    grant = widget(info)
+    services = info.context.services
+    target, now = grant.target, info.now()
+    plan = plan_for(services.settings, target.tier)
+    refusal = usage.check_budgets(plan, target.project, target.day_tokens, target.month_tokens, now)
+    if refusal is not None:
+        await _refuse(services, info, refusal)
+    try:
+        async with services.write() as session:
+            return await chat.open_turn(
+                session,
+                grant.actor,
+                now,
+                _conversation_id(input.conversation_id),
+                input.message,
+                conversation_token=input.conversation_token,
+                agent_id=target.agent.id,
+                token_cap=target.project.conversation_token_cap,
+            )
+    except chat.ConversationCapReached as reached:
+        await _refuse(services, info, usage.cap_refusal(reached, target.project))
+        raise
+
+
 async def _converse(info: Info, input: ChatInput) -> AsyncGenerator[TurnEvent, None]:
     """One turn: the user's message stored, the reply streamed, the reply stored — in
     two units of work, none of them open while the provider talks."""
     grant = widget(info)
     services = info.context.services
-    async with services.write() as session:
-        turn = await chat.open_turn(
-            session, grant.actor, info.now(), _conversation_id(input.conversation_id), input.message
-        )
+    turn = await _open_turn(info, input)
     await chat.publish(services.broker, turn, turn.message)
-    yield Started(turn.conversation_id)
+    yield Started(turn.conversation_id, turn.conversation_token)
     reply = chat.Reply()
-    stream = chat.stream_reply(services.settings, services.keyring, grant.target, turn, reply)
+    stream = chat.stream_reply(
+        services.settings,
+        services.keyring,
+        grant.target,
+        turn,
+        reply,
+        grant.actor.end_user_token,
+    )
     try:
         # However this generator ends, the upstream request ends with it.
         async with aclosing(stream):
@@ -244,7 +356,7 @@ async def _converse(info: Info, input: ChatInput) -> AsyncGenerator[TurnEvent, N
 class ChatSubscription:
     @strawberry.subscription(
         extensions=widgets(),
-        directives=[RateLimit(limit=20, window=60, per=RateLimitKey.PROJECT, from_plan=True)],
+        directives=CHAT_LIMITS,
     )
     async def chat(self, info: Info, input: ChatInput) -> AsyncGenerator[ChatEvent, None]:
         settings = info.context.services.settings
@@ -262,7 +374,8 @@ class ChatSubscription:
                     yield ChatStarted(
                         conversation_id=strawberry.ID(
                             to_global_id("Conversation", event.conversation_id)
-                        )
+                        ),
+                        conversation_token=event.conversation_token,
                     )
                 elif isinstance(event, TextDelta):
                     yield ChatDelta(text=event.text)
@@ -318,27 +431,70 @@ class ChatMutation:
     @strawberry.mutation(
         extensions=widgets(),
         description="External API (X-Project-Key header): the whole reply in one response.",
-        directives=[RateLimit(limit=20, window=60, per=RateLimitKey.PROJECT, from_plan=True)],
+        directives=CHAT_LIMITS,
     )
     async def send_message(self, info: Info, input: ChatInput) -> ChatReply:
-        conversation_id: uuid.UUID | None = None
+        started: Started | None = None
         events = _converse(info, input)
         async with aclosing(events):  # returning mid-loop must still close the stream
             async for event in events:
                 if isinstance(event, Started):
-                    conversation_id = event.conversation_id
+                    started = event
                 elif isinstance(event, Failed):
                     if event.retry_after:
                         raise RateLimited(event.retry_after, event.message)
                     raise UpstreamError(event.message)
                 elif isinstance(event, Completed):
-                    assert conversation_id is not None
+                    assert started is not None
                     return ChatReply(
                         conversation_id=strawberry.ID(
-                            to_global_id("Conversation", conversation_id)
+                            to_global_id("Conversation", started.conversation_id)
                         ),
                         message_id=strawberry.ID(to_global_id("Message", event.message_id)),
                         content=event.content,
                         usage=_usage(event.usage),
+                        conversation_token=started.conversation_token,
                     )
         raise UpstreamError("The reply ended without completing.")
+
+    @strawberry.mutation(
+        extensions=widgets(),
+        description="A visitor's thumbs up or down on an assistant message of their own "
+        "conversation (rating null clears it).",
+        directives=[RateLimit(limit=60, window=60, per=RateLimitKey.CALLER)],
+    )
+    async def rate_message(self, info: Info, input: RateMessageInput) -> WidgetMessage:
+        grant = widget(info)
+        async with info.context.services.write() as session:
+            row = await chat.rate_message(
+                session,
+                grant.actor,
+                info.now(),
+                from_global_id(input.message_id, "Message"),
+                input.rating.value if input.rating else None,
+                input.conversation_token,
+            )
+        return WidgetMessage.from_row(row)
+
+
+@strawberry.type
+class ChatQuery:
+    @strawberry.field(
+        extensions=widgets(),
+        description="The widget's own conversation: by its token, or (AUTHENTICATED, no "
+        "token) the end user's most recent one; null for anything else.",
+        directives=[RateLimit(limit=60, window=60, per=RateLimitKey.CALLER)],
+    )
+    async def widget_conversation(
+        self, info: Info, conversation_token: str | None = None
+    ) -> WidgetConversation | None:
+        grant = widget(info)
+        async with info.context.services.read() as session:
+            found = await chat.widget_conversation(session, grant.actor, conversation_token)
+        if found is None:
+            return None
+        conversation_id, rows = found
+        return WidgetConversation(
+            id=strawberry.ID(to_global_id("Conversation", conversation_id)),
+            messages=[WidgetMessage.from_row(row) for row in rows],
+        )

@@ -8,6 +8,7 @@ no resolver body counts calls itself.
 from __future__ import annotations
 
 import enum
+import hashlib
 import inspect
 from collections.abc import Iterable
 from typing import Any
@@ -38,6 +39,12 @@ class RateLimitKey(enum.Enum):
     IP = "IP"
     PROJECT = "PROJECT"
     ORGANIZATION = "ORGANIZATION"
+    # A widget's visitor: the end user (AUTHENTICATED) or the holder of the conversation
+    # token in ``input.conversationToken``; calls without either count as NEW_VISITOR.
+    VISITOR = "VISITOR"
+    # Calls that would start a new anonymous conversation (mint a visitor), per address
+    # and project; other calls do not count.
+    NEW_VISITOR = "NEW_VISITOR"
 
 
 @strawberry.schema_directive(
@@ -46,8 +53,10 @@ class RateLimitKey(enum.Enum):
     description=(
         "At most `limit` calls per `window` seconds for each `per` key. With `fromPlan`, "
         "the limit per minute comes from the organization's plan (chatMessagesPerMinute) "
-        "at the time of the call, and `limit` applies only when there is no plan."
+        "at the time of the call, and `limit` applies only when there is no plan. "
+        "Several limits on one field are checked in the order given."
     ),
+    repeatable=True,
 )
 class RateLimit:
     limit: int
@@ -56,13 +65,32 @@ class RateLimit:
     from_plan: bool | None = False
 
 
-def _key(info: Info, per: RateLimitKey) -> str:
-    """Whose calls count, from what the field's permission established."""
+def _visitor_key(caller: WidgetActor, arguments: dict[str, Any]) -> str | None:
+    """The visitor a widget call speaks for; None when it would mint a new one."""
+    if caller.end_user is not None:
+        return f"project:{caller.project_id}:user:{caller.end_user}"
+    token = getattr(arguments.get("input"), "conversation_token", None)
+    if isinstance(token, str) and token:
+        # The token's hash: the secret itself never becomes a Redis key.
+        return f"project:{caller.project_id}:visitor:{hashlib.sha256(token.encode()).hexdigest()}"
+    return None
+
+
+def _key(info: Info, per: RateLimitKey, arguments: dict[str, Any]) -> str | None:
+    """Whose calls count, from what the field's permission established; None when the
+    limit does not apply to this call (NEW_VISITOR for a known visitor)."""
     context, grant = info.context, info.grant
     caller = context.caller
     address = f"ip:{address_key(context.ip)}"
     if per is RateLimitKey.IP:
         return address
+    if per in (RateLimitKey.VISITOR, RateLimitKey.NEW_VISITOR):
+        if not isinstance(caller, WidgetActor):
+            return None
+        visitor = _visitor_key(caller, arguments)
+        if per is RateLimitKey.VISITOR:
+            return visitor
+        return None if visitor else f"project:{caller.project_id}:{address}"
     if isinstance(caller, WidgetActor):
         if per is RateLimitKey.PROJECT:
             return f"project:{caller.project_id}"
@@ -83,7 +111,7 @@ class RateLimitExtension(FieldExtension):
         self.field_name = field_name
         self.directive = directive
 
-    async def _check(self, info: Info) -> None:
+    async def _check(self, info: Info, arguments: dict[str, Any]) -> None:
         settings = info.context.settings
         if not settings.rate_limits:
             return
@@ -96,7 +124,13 @@ class RateLimitExtension(FieldExtension):
             limit = plan_for(settings, grant.target.tier).chat_messages_per_minute
             window, bucket = PLAN_WINDOW, PLAN_BUCKET
         per = directive.per or RateLimitKey.CALLER
-        key = f"rl:{bucket}:{per.value}:{_key(info, per)}"
+        if per in (RateLimitKey.VISITOR, RateLimitKey.NEW_VISITOR):
+            # One allowance per visitor across the widget and the HTTP API, like the plan's.
+            bucket = f"chat.{per.value}"
+        who = _key(info, per, arguments)
+        if who is None:
+            return
+        key = f"rl:{bucket}:{per.value}:{who}"
         decision = await info.context.services.limiter.hit(key, limit, window)
         if not decision.allowed:
             info.context.services.metrics.rate_limited.labels(
@@ -110,7 +144,7 @@ class RateLimitExtension(FieldExtension):
         self, next_: Any, source: Any, info: strawberry.Info[Any, Any], **kwargs: Any
     ) -> Any:
         assert isinstance(info, Info)
-        await self._check(info)
+        await self._check(info, kwargs)
         result = next_(source, info, **kwargs)
         if inspect.isasyncgen(result):
             return result
@@ -118,14 +152,15 @@ class RateLimitExtension(FieldExtension):
 
 
 def install_rate_limits(root_types: Iterable[type]) -> None:
-    """Give every field with ``@rateLimit`` its enforcing extension (once per field)."""
+    """Give every ``@rateLimit`` of a field its enforcing extension (once each)."""
     for root in root_types:
         definition = get_object_definition(root, strict=True)
         for field in definition.fields:
             assert isinstance(field, StrawberryField)
             for directive in field.directives:
                 if isinstance(directive, RateLimit) and not any(
-                    isinstance(e, RateLimitExtension) for e in field.extensions
+                    isinstance(e, RateLimitExtension) and e.directive is directive
+                    for e in field.extensions
                 ):
                     graphql_name = field.graphql_name or to_camel_case(field.python_name)
                     name = f"{definition.name}.{graphql_name}"

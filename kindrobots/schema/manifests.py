@@ -39,6 +39,10 @@ class ManifestType(Node):
     name: str
     version: int
     created_at: datetime
+    forward_end_user_token: bool = strawberry.field(
+        description="Tool calls of AUTHENTICATED projects carry the end user's verified token "
+        "(Authorization: Bearer) to this manifest's servers."
+    )
     organization_id: strawberry.Private[uuid.UUID]
     manifest_id: strawberry.Private[uuid.UUID]
     # Filled in by a list that preloaded its manifests' newest versions (schema.plain).
@@ -72,6 +76,7 @@ class ManifestType(Node):
             name=row.name,
             version=row.version,
             created_at=row.created_at,
+            forward_end_user_token=row.forward_end_user_token,
             organization_id=row.organization_id,
             manifest_id=row.id,
         )
@@ -98,11 +103,18 @@ def preload_versions(manifests: list[ManifestType], versions: dict[uuid.UUID, Ve
         manifest.preloaded_operations = operations_of(version.operations) if version else []
 
 
+FORWARD = (
+    "Opt in: on AUTHENTICATED projects, tool calls carry the end user's verified token "
+    "(Authorization: Bearer), only to this manifest's servers; never on PUBLIC projects."
+)
+
+
 @strawberry.input
 class CreateManifestInput:
     organization_id: strawberry.ID
     name: str
     openapi: str = strawberry.field(description="An OpenAPI 3.0 or 3.1 document, JSON or YAML.")
+    forward_end_user_token: bool = strawberry.field(default=False, description=FORWARD)
 
 
 @strawberry.input
@@ -110,6 +122,7 @@ class ImportManifestInput:
     organization_id: strawberry.ID
     name: str
     url: str
+    forward_end_user_token: bool = strawberry.field(default=False, description=FORWARD)
 
 
 @strawberry.type
@@ -123,7 +136,13 @@ class ManifestMutation:
         document = await manifests.parse_document(input.openapi)
         async with info.context.services.write() as session:
             row = await manifests.create_manifest(
-                session, grant.actor, info.now(), grant.organization_id, input.name, document
+                session,
+                grant.actor,
+                info.now(),
+                grant.organization_id,
+                input.name,
+                document,
+                forward_end_user_token=input.forward_end_user_token,
             )
         return ManifestType.from_row(row)
 
@@ -136,7 +155,13 @@ class ManifestMutation:
         document = await manifests.fetch_document(info.context.settings, input.url)
         async with info.context.services.write() as session:
             row = await manifests.create_manifest(
-                session, grant.actor, info.now(), grant.organization_id, input.name, document
+                session,
+                grant.actor,
+                info.now(),
+                grant.organization_id,
+                input.name,
+                document,
+                forward_end_user_token=input.forward_end_user_token,
             )
         return ManifestType.from_row(row)
 

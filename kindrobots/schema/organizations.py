@@ -57,6 +57,14 @@ class PlanType:
     chat_messages_per_minute: int
     monthly_tokens: int | None  # input and output tokens per billing period; None: unlimited
     price_id: str | None
+    daily_token_budget: int | None = strawberry.field(
+        description="Each project's token budget per UTC day (null: unlimited); a project "
+        "may set a lower one."
+    )
+    monthly_token_budget: int | None = strawberry.field(
+        description="Each project's token budget per UTC month (null: unlimited); a project "
+        "may set a lower one."
+    )
 
     @classmethod
     def from_plan(cls, plan: Plan) -> PlanType:
@@ -67,6 +75,8 @@ class PlanType:
             chat_messages_per_minute=plan.chat_messages_per_minute,
             monthly_tokens=plan.monthly_tokens,
             price_id=plan.price_id,
+            daily_token_budget=plan.daily_token_budget,
+            monthly_token_budget=plan.monthly_tokens,
         )
 
 

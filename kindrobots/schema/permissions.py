@@ -253,7 +253,7 @@ class IsWidget(BasePermission):
                 raise context.widget_refusal.as_error()
             raise Unauthenticated("Connect with a project key to chat.")
         async with context.services.read() as session:
-            target = await chat.load_target(session, actor)
+            target = await chat.load_target(session, actor, info.now())
         info.grant = WidgetGrant(actor, target)
         return True
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, date, datetime
 
 import strawberry
 
@@ -11,19 +11,37 @@ from kindrobots.db import models
 from kindrobots.db.enums import AccessMode, Role
 from kindrobots.errors import NotFound
 from kindrobots.ids import from_global_id, to_global_id
-from kindrobots.resolvers import containment, projects
+from kindrobots.resolvers import containment, projects, usage
 from kindrobots.resolvers.projects import CLEARABLE, ProjectFields
 from kindrobots.schema.agents import AgentType
 from kindrobots.schema.base import Info, Node, given, is_cleared
 from kindrobots.schema.loaders import loaders
 from kindrobots.schema.permissions import (
     ObjectArgument,
+    OnSource,
     OrganizationArgument,
     granted,
     requires,
 )
 
 strawberry.enum(AccessMode)
+
+BUDGETS = (
+    "dailyTokenBudget and monthlyTokenBudget lower the plan's per-project token budgets "
+    "(never above them; null: the plan's); conversationTokenCap caps one conversation's "
+    "tokens (null: no cap)."
+)
+
+
+@strawberry.type
+class ProjectUsageDay:
+    day: date
+    messages: int
+    input_tokens: int
+    output_tokens: int
+    refusals: int = strawberry.field(
+        description="Chat messages refused because a token budget or cap was spent."
+    )
 
 
 @strawberry.type(name="Project")
@@ -36,8 +54,30 @@ class ProjectType(Node):
     jwt_issuer: str | None
     jwt_audience: str | None
     created_at: datetime
+    daily_token_budget: int | None
+    monthly_token_budget: int | None
+    conversation_token_cap: int | None
     organization_id: strawberry.Private[uuid.UUID]
     agent_id: strawberry.Private[uuid.UUID]
+    project_id: strawberry.Private[uuid.UUID]
+
+    @strawberry.field(
+        extensions=requires(Role.VIEWER, OnSource()),
+        description="Chat usage per UTC day, the last `days` days up to today, oldest first.",
+    )
+    async def usage(self, info: Info, days: int = 30) -> list[ProjectUsageDay]:
+        today = info.now().astimezone(UTC).date()
+        rows = await loaders(info).usage.load((self.project_id, usage.check_days(days), today))
+        return [
+            ProjectUsageDay(
+                day=row.day,
+                messages=row.messages,
+                input_tokens=row.input_tokens,
+                output_tokens=row.output_tokens,
+                refusals=row.refusals,
+            )
+            for row in rows
+        ]
 
     @strawberry.field
     async def agent(self, info: Info) -> AgentType:
@@ -58,12 +98,16 @@ class ProjectType(Node):
             jwt_issuer=row.jwt_issuer,
             jwt_audience=row.jwt_audience,
             created_at=row.created_at,
+            daily_token_budget=row.daily_token_budget,
+            monthly_token_budget=row.monthly_token_budget,
+            conversation_token_cap=row.conversation_token_cap,
             organization_id=row.organization_id,
             agent_id=row.agent_id,
+            project_id=row.id,
         )
 
 
-@strawberry.input
+@strawberry.input(description=BUDGETS)
 class CreateProjectInput:
     organization_id: strawberry.ID
     name: str
@@ -73,10 +117,14 @@ class CreateProjectInput:
     jwks_url: str | None = None
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
+    daily_token_budget: int | None = None
+    monthly_token_budget: int | None = None
+    conversation_token_cap: int | None = None
 
 
 @strawberry.input(
-    description="Omitted fields stay as they are; null clears jwksUrl, jwtIssuer, jwtAudience."
+    description="Omitted fields stay as they are; null clears jwksUrl, jwtIssuer, jwtAudience "
+    "and the token budgets. " + BUDGETS
 )
 class UpdateProjectInput:
     id: strawberry.ID
@@ -87,6 +135,9 @@ class UpdateProjectInput:
     jwks_url: str | None = strawberry.UNSET
     jwt_issuer: str | None = strawberry.UNSET
     jwt_audience: str | None = strawberry.UNSET
+    daily_token_budget: int | None = strawberry.UNSET
+    monthly_token_budget: int | None = strawberry.UNSET
+    conversation_token_cap: int | None = strawberry.UNSET
 
 
 def _update_fields(input: UpdateProjectInput) -> ProjectFields:
@@ -100,6 +151,9 @@ def _update_fields(input: UpdateProjectInput) -> ProjectFields:
         jwks_url=given(input.jwks_url),
         jwt_issuer=given(input.jwt_issuer),
         jwt_audience=given(input.jwt_audience),
+        daily_token_budget=given(input.daily_token_budget),
+        monthly_token_budget=given(input.monthly_token_budget),
+        conversation_token_cap=given(input.conversation_token_cap),
         cleared=frozenset(name for name in CLEARABLE if is_cleared(getattr(input, name))),
     )
 
@@ -121,6 +175,9 @@ class ProjectMutation:
                 jwks_url=input.jwks_url,
                 jwt_issuer=input.jwt_issuer,
                 jwt_audience=input.jwt_audience,
+                daily_token_budget=input.daily_token_budget,
+                monthly_token_budget=input.monthly_token_budget,
+                conversation_token_cap=input.conversation_token_cap,
             ),
         )
         async with info.context.services.write() as session:

@@ -72,6 +72,8 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Publishable project keys (pk_ + 32 URL-safe characters): whoever holds one can
     # chat as the project, bill its tokens and watch its rate limits.
     (re.compile(r"\bpk_[A-Za-z0-9_-]{20,}"), REDACTED),
+    # Widget conversation tokens (ct_ + 43): whoever holds one reads that conversation.
+    (re.compile(r"\bct_[A-Za-z0-9_-]{20,}"), REDACTED),
     (re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), REDACTED),
     (re.compile(r"\$(argon2(id|i|d)|2[aby])\$[^\s'\"]+"), REDACTED),
     (

@@ -427,7 +427,7 @@ def _org_export(settings: Settings, args: argparse.Namespace) -> int:
 def _org_delete(settings: Settings, args: argparse.Namespace) -> int:
     from kindrobots.auth.principals import CLI
     from kindrobots.errors import PublicError
-    from kindrobots.resolvers import data_rights
+    from kindrobots.resolvers import containment, data_rights
 
     async def job(services: Services) -> int:
         organization_id = await _organization_or_none(services, args.organization)
@@ -441,8 +441,9 @@ def _org_delete(settings: Settings, args: argparse.Namespace) -> int:
         except PublicError as exc:
             sys.stderr.write(f"kindrobots: {exc.message}\n")
             return 1
-        await services.broker.publish(
-            data_rights.CLOSE_CHANNEL, data_rights.closing_message(organization_id)
+        await containment.announce(
+            services.broker,
+            containment.organization_deleted(organization_id, data_rights.DELETED_REASON),
         )
         sys.stdout.write(
             f"deleted organization {organization_id}: {sum(deleted.rows.values())} rows\n"

@@ -389,7 +389,7 @@ async def test_fast_path_frames_equal_normal_execution(
 
 
 def test_the_server_schema_runs_subscriptions_with_the_fast_path() -> None:
-    assert SCHEMA.execution_context_class is EventExecutor
+    assert issubclass(SCHEMA.execution_context_class, EventExecutor)
 
 
 # --- End to end: a real server, a fake provider, a real WebSocket ---------------------

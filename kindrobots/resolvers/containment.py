@@ -99,6 +99,10 @@ async def announce_signing_keys(broker: Broker) -> None:
     await broker.publish(CONTROL_CHANNEL, {"kind": "signing_keys"})
 
 
+def organization_deleted(organization_id: uuid.UUID, reason: str) -> Closing:
+    return Closing(((organization_key(organization_id),),), FORBIDDEN, reason)
+
+
 def signed_out(session_id: uuid.UUID) -> Closing:
     return Closing(((session_key(session_id),),), UNAUTHORIZED, SESSION_ENDED)
 

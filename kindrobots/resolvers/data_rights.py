@@ -69,21 +69,9 @@ MIN_RETENTION_DAYS = 1
 MAX_RETENTION_DAYS = 3650
 MAX_SUBJECT_LENGTH = 255
 
-CLOSE_CHANNEL = "control:connections"
-"""Where live connections are told to close (the containment registry listens here)."""
 DELETED_REASON = "This organization was deleted."
 BILLED_STATUSES = ("active", "trialing", "past_due", "unpaid", "incomplete")
 SUBSCRIPTION_LIVE = "Cancel the organization's subscription before deleting it."
-
-
-def closing_message(organization_id: uuid.UUID) -> dict[str, Any]:
-    """The broker message that ends every open connection of a deleted organization."""
-    return {
-        "kind": "close",
-        "match": [[f"organization:{organization_id}"]],
-        "code": 4403,
-        "reason": DELETED_REASON,
-    }
 
 
 # Deletion plans
@@ -513,7 +501,7 @@ async def delete_organization(
 
     The platform chain records a tombstone: the organization's ID, the time, the kind of
     actor and how many rows of each table went, nothing that names a person. After the
-    commit the caller publishes :func:`closing_message` so open connections end.
+    commit the caller publishes :func:`containment.organization_deleted` so open connections end.
     """
     organization = await locked_organization(session, organization_id)
     if not confirmation_matches(organization, confirmation):

@@ -11,7 +11,7 @@ from strawberry.types.unset import UnsetType
 from kindrobots.db.enums import Role
 from kindrobots.errors import BadUserInput
 from kindrobots.ids import from_global_id, to_global_id
-from kindrobots.resolvers import data_rights, organizations
+from kindrobots.resolvers import containment, data_rights, organizations
 from kindrobots.schema.base import Info
 from kindrobots.schema.directives import RateLimit, RateLimitKey
 from kindrobots.schema.organizations import OrganizationType
@@ -100,8 +100,9 @@ class DataRightsMutation:
             await data_rights.delete_organization(
                 session, grant.actor, info.now(), grant.organization_id, input.confirmation
             )
-        await info.context.services.broker.publish(
-            data_rights.CLOSE_CHANNEL, data_rights.closing_message(grant.organization_id)
+        await containment.announce(
+            info.context.services.broker,
+            containment.organization_deleted(grant.organization_id, data_rights.DELETED_REASON),
         )
         return True
 

@@ -57,10 +57,10 @@ def config_error(monkeypatch: pytest.MonkeyPatch, **variables: str) -> str:
         ("KR_ENV", f"staging-{SECRET}"),
         ("KR_SIGNING_KEYS", SECRET),  # no kid
         ("KR_SIGNING_KEYS", f"sig-1:{b64(SECRET.encode())}"),  # wrong length
-        ("KR_SIGNING_KEYS", f"{b64(secrets.token_bytes(KEY_BYTES))}:sig-1"),  # halves swapped
+        ("KR_SIGNING_KEYS", f"{b64(bytes(range(KEY_BYTES)))}:sig-1"),  # halves swapped
         ("KR_SIGNING_KEYS", f"{SECRET}:{SECRET}"),
         ("KR_SIGNING_KEYS", f"sig-1:{b64(SECRET.encode() * 2)[:43]}!!"),  # not base64
-        ("KR_ENCRYPTION_KEYS", f"enc:{b64(secrets.token_bytes(16))},{SECRET}"),
+        ("KR_ENCRYPTION_KEYS", f"enc:{b64(bytes(range(16)))},{SECRET}"),
         ("KR_PUBLIC_URL", f"ftp://{SECRET}.example.com"),
         ("KR_PUBLIC_URL", "not a url"),
         ("KR_DATABASE_URL", f"mysql://admin:{SECRET}@db.example.com/kr"),

@@ -43,10 +43,13 @@ from typing import Annotated, Any
 import aiohttp
 import strawberry
 from aiohttp import web
+from sqlalchemy import update
 from strawberry.aiohttp.views import GraphQLView
 
+from kindrobots.billing.plans import Tier
 from kindrobots.config import Settings, format_keys, generate_audit_key, generate_key, load_settings
 from kindrobots.db.migrate import upgrade
+from kindrobots.db.models import Organization
 from kindrobots.server import SERVICES, create_app
 
 ORIGIN = "https://shop.example.com"
@@ -497,6 +500,9 @@ async def project(
     await upgrade(app[SERVICES].engine)
     runner, url = await serve(app)
     key = await deploy(url, upstream)
+    # Enterprise has no token budget: thousands of benchmark turns would spend a plan's day.
+    async with app[SERVICES].write() as session:
+        await session.execute(update(Organization).values(tier=Tier.ENTERPRISE.value))
     command = {
         "url": url.replace("http", "ws"),
         "init": {"projectKey": key},
